@@ -1,0 +1,29 @@
+# Two commands set everything up from a fresh clone (Python 3.10+, no Redis, no root):
+#   make run    evaluate the bundled random agent on the bundled test set
+#   make test   run the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+AGENT  ?= $(BIN)/python -m agent_bridge.examples.random_agent
+
+.PHONY: run test bench install clean
+
+$(BIN)/flateval: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(BIN)/flateval
+
+run: install
+	$(BIN)/flateval run --agent "$(AGENT)" --output results.json
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/episode_overhead.py
+
+clean:
+	rm -rf $(VENV) *.egg-info results.json

@@ -1,0 +1,212 @@
+"""The wire protocol between an env worker (ZeroMQ REQ) and an agent (ZeroMQ REP).
+
+Both sides import this module, so the message shapes live in exactly one place.
+`docs/protocol.md` is the language-neutral description of the same thing.
+
+Every frame is one msgpack map with a ``"type"`` key. The env side asks, the agent answers:
+
+=================  =====================================  ===================
+request (env)      carries                                reply (agent)
+=================  =====================================  ===================
+``hello``          protocol version                       ``hello`` (+ wanted observation)
+``episode_start``  env facts, deadlines, first obs, info  ``act`` (first actions)
+``step``           obs, previous rewards/dones/info       ``act``
+``episode_end``    the episode's outcome and score        ``ok``
+``aborted``        why the last episode was cut           ``ok``
+=================  =====================================  ===================
+
+Any request may instead be answered with ``{"type": "error", "message": ...}``: an agent error.
+
+numpy arrays travel as msgpack ext type 1 (see `pack_ndarray`), so observations cross the socket as
+raw buffers without per-element conversion. Nothing is ever unpickled: the env side decodes replies
+with ext types refused outright, and both sides only ever see plain msgpack values.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Mapping
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+NDARRAY_EXT = 1
+"""msgpack ext code of an n-dimensional array (see `pack_ndarray`)."""
+
+# Request types (env -> agent).
+HELLO = "hello"
+EPISODE_START = "episode_start"
+STEP = "step"
+EPISODE_END = "episode_end"
+ABORTED = "aborted"
+# Reply types (agent -> env).
+ACT = "act"
+OK = "ok"
+ERROR = "error"
+
+EXPECTED_REPLY = {HELLO: HELLO, EPISODE_START: ACT, STEP: ACT, EPISODE_END: OK, ABORTED: OK}
+
+DEFAULT_MAX_REPLY_BYTES = 1 << 20
+"""Cap on one agent reply (ZMQ_MAXMSGSIZE on the env side's socket)."""
+DEFAULT_MAX_REQUEST_BYTES = 1 << 30
+"""Cap on one env request, set by the agent on its own socket (observations can be large)."""
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow this protocol; its message is one line fit for a user."""
+
+
+class AgentReportedError(Exception):
+    """The agent answered with an ``error`` message (its policy raised)."""
+
+
+# ----------------------------------------------------------------------------------- encoding
+
+
+def pack_ndarray(array: Any) -> msgpack.ExtType:
+    """Encode a numpy array as ext type 1.
+
+    Layout of the ext data: 1 byte dtype-string length L, L bytes numpy dtype string
+    (e.g. ``<f8``), 1 byte ndim D, D little-endian uint32 dimensions, then the C-order bytes.
+    """
+    import numpy as np  # imported lazily: only needed where arrays are sent
+
+    array = np.ascontiguousarray(array)
+    dtype = array.dtype.str.encode("ascii")
+    header = struct.pack(f"<B{len(dtype)}sB{array.ndim}I", len(dtype), dtype, array.ndim, *array.shape)
+    return msgpack.ExtType(NDARRAY_EXT, header + array.tobytes())
+
+
+def unpack_ndarray(data: bytes) -> Any:
+    """Decode the ext data written by `pack_ndarray` (read-only view, no copy)."""
+    import numpy as np
+
+    dlen = data[0]
+    dtype = data[1 : 1 + dlen].decode("ascii")
+    ndim = data[1 + dlen]
+    offset = 2 + dlen
+    shape = struct.unpack_from(f"<{ndim}I", data, offset)
+    offset += 4 * ndim
+    if np.dtype(dtype).hasobject:
+        raise ProtocolError("object arrays are not allowed on the wire")
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+
+
+def _default(obj: Any) -> Any:
+    if type(obj).__module__ == "numpy":
+        if hasattr(obj, "shape") and obj.shape != ():
+            return pack_ndarray(obj)
+        return obj.item()
+    value = getattr(obj, "value", None)  # enums (RailEnvActions, TrainState)
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot send a {type(obj).__name__} over the flateval protocol")
+
+
+_packer = msgpack.Packer(default=_default, use_bin_type=True)
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One frame for one message."""
+    return _packer.pack(message)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"ext type {code} is not allowed in a reply")
+
+
+def _ndarray_ext(code: int, data: bytes) -> Any:
+    if code == NDARRAY_EXT:
+        return unpack_ndarray(data)
+    return msgpack.ExtType(code, data)
+
+
+def decode_reply(frame: bytes) -> dict:
+    """Decode an agent's reply on the env side: plain msgpack only, a map with a string type."""
+    try:
+        message = msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several types for bad bytes
+        raise ProtocolError(f"reply is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("reply is not a msgpack map with a string 'type'")
+    return message
+
+
+def decode_request(frame: bytes) -> dict:
+    """Decode an env request on the agent side (numpy arrays restored)."""
+    try:
+        message = msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_ndarray_ext)
+    except Exception as exc:
+        raise ProtocolError(f"request is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("request is not a msgpack map with a string 'type'")
+    return message
+
+
+# ----------------------------------------------------------------------------------- messages
+
+
+def hello_request() -> dict:
+    return {"type": HELLO, "protocol": PROTOCOL_VERSION}
+
+
+def hello_reply(name: str, observation: Mapping[str, Any] | None) -> dict:
+    return {"type": HELLO, "protocol": PROTOCOL_VERSION, "name": name, "observation": observation}
+
+
+def act_reply(actions: Any) -> dict:
+    return {"type": ACT, "actions": actions}
+
+
+def ok_reply() -> dict:
+    return {"type": OK}
+
+
+def error_reply(message: str) -> dict:
+    return {"type": ERROR, "message": message}
+
+
+def check_reply(request_type: str, reply: dict) -> dict:
+    """Raise `ProtocolError` unless `reply` is the right answer to a `request_type` request."""
+    kind = reply["type"]
+    if kind == ERROR:
+        text = reply.get("message")
+        raise AgentReportedError(str(text)[:2000] if text is not None else "agent reported an error")
+    expected = EXPECTED_REPLY[request_type]
+    if kind != expected:
+        raise ProtocolError(f"expected a '{expected}' reply to '{request_type}', got '{kind[:40]}'")
+    if kind == HELLO:
+        if reply.get("protocol") != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"agent speaks protocol {reply.get('protocol')!r}, this evaluator speaks {PROTOCOL_VERSION}"
+            )
+        observation = reply.get("observation")
+        if observation is not None and not (
+            isinstance(observation, dict) and isinstance(observation.get("builder"), str)
+        ):
+            raise ProtocolError("hello 'observation' must be null or a map with a string 'builder'")
+    return reply
+
+
+def parse_actions(reply: dict, n_agents: int, n_actions: int) -> dict[int, int]:
+    """Validate a multi-agent ``act`` reply: a map of handle -> action, every value in range."""
+    actions = reply.get("actions")
+    if actions is None:
+        return {}
+    if not isinstance(actions, dict):
+        raise ProtocolError(f"'actions' must be a map of agent handle to action, got {type(actions).__name__}")
+    checked: dict[int, int] = {}
+    for handle, action in actions.items():
+        if type(handle) is not int or not 0 <= handle < n_agents:
+            raise ProtocolError(f"unknown agent handle {handle!r} (this env has handles 0..{n_agents - 1})")
+        if type(action) is not int:
+            raise ProtocolError(f"action for agent {handle} must be an integer, got {type(action).__name__}")
+        if not 0 <= action < n_actions:
+            raise ProtocolError(f"action {action} for agent {handle} is out of range 0..{n_actions - 1}")
+        checked[handle] = action
+    return checked

@@ -1,0 +1,152 @@
+"""Serve a participant's policy on a ZeroMQ REP socket, one episode at a time, forever."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any, Mapping, Protocol
+
+import zmq
+
+from agent_bridge import protocol as wire
+
+DEFAULT_ENDPOINT = "tcp://*:8086"
+BIND_ENV = "FLATEVAL_AGENT_BIND"
+
+
+class Policy(Protocol):
+    """What `serve` needs from a participant's policy.
+
+    Optional extras: an ``observation`` attribute (e.g. ``{"builder": "tree", "max_depth": 2}``)
+    asks the env side for that observation builder; ``end(result)`` and ``abort(reason)`` are
+    called, when present, as an episode ends or is cut.
+    """
+
+    def reset(self, episode_info: Mapping[str, Any]) -> None: ...
+
+    def act(self, observations: Mapping[int, Any], info: Mapping[str, Any]) -> Any: ...
+
+
+def _plain_actions(actions: Any) -> Any:
+    """Turn numpy scalars and enums into plain ints so msgpack sends them as integers."""
+    if isinstance(actions, Mapping):
+        return {_plain_int(h): _plain_int(a) for h, a in actions.items()}
+    return actions
+
+
+def _plain_int(value: Any) -> Any:
+    if type(value) is int:
+        return value
+    inner = getattr(value, "value", value)  # enums
+    try:
+        return int(inner) if not isinstance(inner, bool) else inner
+    except (TypeError, ValueError):
+        return value  # let the env side say what is wrong with it
+
+
+def _observations(message: Mapping[str, Any]) -> dict[int, Any]:
+    obs = message.get("observations")
+    if obs is None:
+        return {}
+    if isinstance(obs, list):
+        return dict(enumerate(obs))
+    return obs
+
+
+def _step_info(message: Mapping[str, Any]) -> dict[str, Any]:
+    info = dict(message.get("info") or {})
+    for key in ("step", "rewards", "dones"):
+        if key in message:
+            info[key] = message[key]
+    return info
+
+
+class _Session:
+    """The agent-side state machine: which episode we are in, and what a request asks."""
+
+    def __init__(self, policy: Policy, name: str, log: Any) -> None:
+        self.policy = policy
+        self.name = name
+        self.log = log
+        self.episode_id: str | None = None
+
+    def _aborted(self, reason: str) -> None:
+        self.log(f"episode {self.episode_id} aborted: {reason}")
+        self.episode_id = None
+        abort = getattr(self.policy, "abort", None)
+        if abort is not None:
+            abort(reason)
+
+    def handle(self, message: dict) -> dict:
+        kind = message["type"]
+        if kind == wire.HELLO:
+            return wire.hello_reply(self.name, getattr(self.policy, "observation", None))
+        if kind == wire.EPISODE_START:
+            if self.episode_id is not None:
+                self._aborted("a new episode started before this one ended")
+            self.episode_id = message.get("episode_id", "?")
+            self.policy.reset(message)
+            return wire.act_reply(_plain_actions(self.policy.act(_observations(message), _step_info(message))))
+        if kind == wire.STEP:
+            return wire.act_reply(_plain_actions(self.policy.act(_observations(message), _step_info(message))))
+        if kind == wire.EPISODE_END:
+            end = getattr(self.policy, "end", None)
+            if end is not None:
+                end(message)
+            self.episode_id = None
+            return wire.ok_reply()
+        if kind == wire.ABORTED:
+            if self.episode_id is not None:
+                self._aborted(str(message.get("reason", "deadline missed")))
+            return wire.ok_reply()
+        return wire.error_reply(f"unknown request type {kind!r}")
+
+
+def serve(
+    policy: Policy,
+    endpoint: str | None = None,
+    *,
+    name: str | None = None,
+    max_request_bytes: int = wire.DEFAULT_MAX_REQUEST_BYTES,
+    max_requests: int | None = None,
+) -> None:
+    """Bind a REP socket and answer the env side until killed.
+
+    `endpoint` defaults to ``$FLATEVAL_AGENT_BIND``, then ``tcp://*:8086``. An exception in the
+    policy is sent back as an ``error`` reply (the env side scores that episode as an agent error)
+    and the agent keeps serving. `max_requests` stops after that many requests (for tests).
+    """
+    endpoint = endpoint or os.environ.get(BIND_ENV) or DEFAULT_ENDPOINT
+    name = name or type(policy).__name__
+
+    def log(text: str) -> None:
+        print(f"[agent {name}] {text}", file=sys.stderr, flush=True)
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise SystemExit(f"agent: cannot bind {endpoint}: {exc}") from None
+    log(f"serving on {endpoint}")
+    session = _Session(policy, name, log)
+    served = 0
+    try:
+        while max_requests is None or served < max_requests:
+            frame = sock.recv(copy=True)
+            served += 1
+            try:
+                reply = session.handle(wire.decode_request(frame))
+                out = wire.encode(reply)
+            except Exception as exc:  # the policy's fault: report it, keep serving
+                log("policy raised:\n" + traceback.format_exc(limit=5))
+                out = wire.encode(wire.error_reply(f"{type(exc).__name__}: {exc}"))
+            sock.send(out, copy=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close(linger=0)

@@ -1,0 +1,1 @@
+"""The broker: submissions in, episode jobs out, one score back."""

@@ -1,0 +1,140 @@
+"""Start, check, restart and stop one participant agent process (`flateval run`'s side of a pair).
+
+The agent runs in its own session (process group) so that stopping it also stops whatever its shell
+command spawned; its stdout and stderr go to a log file whose tail is kept with the submission.
+It never sees Redis credentials: they are stripped from its environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from agent_bridge import protocol as wire
+from agent_bridge.server import BIND_ENV
+from env_worker.agent_link import AgentFault, AgentLink
+
+OUTPUT_TAIL_CHARS = 10_000
+
+
+class AgentStartError(RuntimeError):
+    """The agent command did not start, or did not answer the handshake in time."""
+
+
+def free_tcp_endpoint() -> tuple[str, str]:
+    """A (bind, connect) endpoint pair on a loopback port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port}"
+
+
+def agent_environment(bind: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The agent's environment: ours minus anything that could reach Redis, plus its bind endpoint."""
+    env = {
+        key: value
+        for key, value in (base if base is not None else os.environ).items()
+        if "REDIS" not in key.upper() and not key.upper().startswith("RQ_")
+    }
+    env[BIND_ENV] = bind
+    return env
+
+
+class AgentProcess:
+    """One agent instance started from a shell command."""
+
+    def __init__(self, command: str, log_path: str | Path, bind: str | None = None, connect: str | None = None):
+        if bind is None:
+            bind, connect = free_tcp_endpoint()
+        self.command = command
+        self.bind = bind
+        self.endpoint = connect or bind
+        self.log_path = Path(log_path)
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            try:
+                self.process = subprocess.Popen(
+                    self.command, shell=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=agent_environment(self.bind), start_new_session=True,
+                )
+            except OSError as exc:
+                raise AgentStartError(f"cannot start agent command {shlex.quote(self.command)}: {exc}") from None
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the agent answers a hello, it exits, or `timeout_s` passes."""
+        deadline = time.monotonic() + timeout_s
+        link = AgentLink(self.endpoint)
+        try:
+            while True:
+                code = self.process.poll() if self.process else None
+                if code is not None:
+                    last = self.output_tail(400).strip().splitlines()
+                    hint = f": {last[-1]}" if last else ""
+                    raise AgentStartError(f"agent command exited with code {code} before answering{hint}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AgentStartError(
+                        f"agent did not answer the handshake on {self.endpoint} within {timeout_s:g} s")
+                try:
+                    link.request(wire.hello_request(), min(0.25, left))
+                    return
+                except AgentFault as exc:
+                    if "protocol" in str(exc):
+                        raise AgentStartError(f"agent handshake failed: {exc}") from None
+        finally:
+            link.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self, timeout_s: float = 60.0) -> None:
+        self.stop()
+        self.restarts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n[flateval] restarting agent (restart #{self.restarts})\n".encode())
+        self.start(timeout_s)
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        """Stop the agent and everything its command started (its whole process group)."""
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # anything the command left behind in its group
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+    def output_tail(self, chars: int = OUTPUT_TAIL_CHARS) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - chars * 4))
+                return fh.read().decode(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""

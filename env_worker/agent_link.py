@@ -1,0 +1,150 @@
+"""The env side's connection to one agent: a ZeroMQ REQ socket with measured deadlines.
+
+Deadlines are measured, not slept: each request polls with exactly the time left, so a hung agent is
+cut within a millisecond or so of its deadline. On any miss or fault the socket is closed with linger
+0 and a fresh one is opened (ZeroMQ's Lazy Pirate pattern), so a late reply can never be taken for
+the answer to a later request. A socket monitor notices at once when the agent's connection drops
+(the agent died, or ZeroMQ dropped an over-size reply) instead of waiting out the deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from agent_bridge import protocol as wire
+from scoring.episode import AGENT_ERROR, TIMEOUT
+
+RECONNECT_GRACE_S = 0.25
+"""After the agent's connection drops mid-request: how long to wait for it to come back before
+calling the agent gone. A live agent reconnects within ~10 ms (RECONNECT_IVL below)."""
+
+_MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+
+
+class AgentFault(Exception):
+    """The agent cost itself this episode. `outcome` is the episode outcome to record."""
+
+    outcome = AGENT_ERROR
+
+
+class AgentTimeout(AgentFault):
+    outcome = TIMEOUT
+
+
+class AgentLink:
+    """One REQ socket to one agent endpoint, re-created after every fault."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        max_reply_bytes: int = wire.DEFAULT_MAX_REPLY_BYTES,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.max_reply_bytes = max_reply_bytes
+        self._ctx = context or zmq.Context.instance()
+        self._abort_notice: dict | None = None
+        self._open()
+
+    # ------------------------------------------------------------------ socket lifecycle
+    def _open(self) -> None:
+        sock = self._ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
+        sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._connected = False
+
+    def _close(self) -> None:
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
+        self._sock.close(linger=0)
+
+    def reset(self) -> None:
+        """Lazy Pirate: drop the socket (and any late reply that may still arrive on it)."""
+        self._close()
+        self._open()
+
+    def close(self) -> None:
+        self._close()
+
+    def _drain_monitor(self) -> list[int]:
+        events = []
+        while self._monitor.poll(0):
+            event = parse_monitor_message(self._monitor.recv_multipart())["event"]
+            self._connected = event == zmq.EVENT_CONNECTED
+            events.append(event)
+        return events
+
+    # ------------------------------------------------------------------ requests
+    def notify_aborted(self, episode_id: str, reason: str) -> None:
+        """Tell the agent, at its next contact, that `episode_id` was cut."""
+        self._abort_notice = {"type": wire.ABORTED, "episode_id": episode_id, "reason": reason}
+
+    def request(self, message: dict, timeout_s: float) -> tuple[dict, float]:
+        """Send `message`, return (checked reply, seconds the agent took).
+
+        Raises `AgentTimeout` when no reply arrives within `timeout_s` of sending, `AgentFault` for
+        a dropped connection, undecodable bytes, a wrong reply type or an ``error`` reply.
+        """
+        started = time.perf_counter()
+        if self._abort_notice is not None:
+            notice, self._abort_notice = self._abort_notice, None
+            self._exchange(notice, started + timeout_s)
+        sent, frame = self._exchange(message, started + timeout_s)
+        try:
+            reply = wire.check_reply(message["type"], wire.decode_reply(frame))
+        except wire.AgentReportedError as exc:
+            raise AgentFault(f"agent raised: {exc}") from None
+        except wire.ProtocolError as exc:
+            raise AgentFault(str(exc)) from None
+        return reply, time.perf_counter() - sent
+
+    def _exchange(self, message: dict, deadline: float) -> tuple[float, bytes]:
+        self._drain_monitor()
+        sock, monitor = self._sock, self._monitor
+        sock.send(wire.encode(message), copy=True)
+        sent = time.perf_counter()
+        dropped_at: float | None = None
+        while True:
+            now = time.perf_counter()
+            if now >= deadline:
+                self.reset()
+                if dropped_at is not None:
+                    raise AgentFault("agent disconnected (its process exited or closed its socket)")
+                raise AgentTimeout(f"no reply to '{message['type']}' within the deadline")
+            wait = deadline - now if dropped_at is None else min(deadline, dropped_at + RECONNECT_GRACE_S) - now
+            ready = self._poller.poll(max(1, math.ceil(wait * 1000)))
+            if not ready:
+                if dropped_at is not None and time.perf_counter() >= dropped_at + RECONNECT_GRACE_S:
+                    self.reset()
+                    raise AgentFault("agent disconnected (its process exited or closed its socket)")
+                continue
+            for socket, _ in ready:
+                if socket is sock:
+                    return sent, sock.recv(copy=True)
+            for event in self._drain_monitor():
+                if event == zmq.EVENT_DISCONNECTED and dropped_at is None:
+                    dropped_at = time.perf_counter()
+                elif event == zmq.EVENT_CONNECTED and dropped_at is not None:
+                    # The agent is alive, yet its connection dropped mid-request: ZeroMQ cut it for
+                    # a reply over the size cap (or bad framing). The request is lost with it.
+                    self.reset()
+                    raise AgentFault(
+                        f"agent's reply was dropped: larger than the {self.max_reply_bytes}-byte cap "
+                        "(or not valid ZeroMQ framing)"
+                    )

@@ -1,0 +1,61 @@
+"""The small interface between the episode loop and an environment.
+
+The loop in `env_worker.episode` speaks only this interface; everything Flatland-specific lives in
+`env_worker.flatland_env` (and a Gymnasium adapter can sit beside it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+
+class EnvLoadError(Exception):
+    """The env file could not be loaded or reset: the host's problem, scored as ``env_error``."""
+
+
+class ObservationNotAllowed(Exception):
+    """The agent asked for an observation builder the episode does not allow."""
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What scoring needs from a finished (or cut) episode."""
+
+    cumulative_reward: float
+    max_episode_steps: int
+    n_agents: int
+    n_done: int
+
+
+@dataclass
+class StepOutcome:
+    """One env step, already in wire form for the agent."""
+
+    observations: Any
+    rewards: list
+    dones: list
+    info: dict
+    done: bool
+
+
+class EnvAdapter(Protocol):
+    """One loaded environment, driven by the episode loop."""
+
+    def use_observation(self, spec: Mapping[str, Any] | None) -> dict:
+        """Install the observation builder the agent asked for; return the spec in force."""
+
+    def reset(self) -> tuple[Any, dict]:
+        """Reset as the challenge prescribes; return (observations, info) in wire form."""
+
+    def facts(self) -> dict:
+        """Static facts the agent gets in ``episode_start`` (sizes, map, agents' targets)."""
+
+    def parse_actions(self, reply: Mapping[str, Any]) -> Any:
+        """Validate an ``act`` reply; raise `agent_bridge.protocol.ProtocolError` if invalid."""
+
+    def step(self, actions: Any) -> StepOutcome:
+        """Advance one step."""
+
+    def score_inputs(self) -> ScoreInputs:
+        """Totals so far (valid at any point, so a cut episode can report its progress)."""

@@ -1,0 +1,190 @@
+"""Flatland behind the `EnvAdapter` interface: load, reset, observe, step, score inputs.
+
+Loading and resetting follow flatland-rl's own evaluator exactly (``RailEnvPersister.load_new``,
+then ``reset(regenerate_rail=True, regenerate_schedule=True, random_seed=seed)``) so that scores
+match it. Env files come from the challenge host, never from the agent.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from agent_bridge import protocol as wire
+from agent_bridge.actions import N_ACTIONS
+from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed, ScoreInputs, StepOutcome
+
+OBSERVATION_BUILDERS = ("none", "tree", "global")
+TREE_FEATURES = 12
+TREE_CHILD_ORDER = ("L", "F", "R", "B")
+MAX_TREE_DEPTH = 5
+
+
+def _builder(spec: Mapping[str, Any]) -> Any:
+    from flatland.core.env_observation_builder import DummyObservationBuilder
+    from flatland.envs.observations import GlobalObsForRailEnv, TreeObsForRailEnv
+    from flatland.envs.predictions import ShortestPathPredictorForRailEnv
+
+    kind = spec["builder"]
+    if kind == "none":
+        return DummyObservationBuilder()
+    if kind == "global":
+        return GlobalObsForRailEnv()
+    depth = spec.get("max_depth", 2)
+    if type(depth) is not int or not 1 <= depth <= MAX_TREE_DEPTH:
+        raise ObservationNotAllowed(f"tree max_depth must be an integer 1..{MAX_TREE_DEPTH}, got {depth!r}")
+    predictor_depth = spec.get("predictor_depth", 50)
+    if type(predictor_depth) is not int or not 0 <= predictor_depth <= 500:
+        raise ObservationNotAllowed(f"tree predictor_depth must be an integer 0..500, got {predictor_depth!r}")
+    predictor = ShortestPathPredictorForRailEnv(max_depth=predictor_depth) if predictor_depth else None
+    return TreeObsForRailEnv(max_depth=depth, predictor=predictor)
+
+
+def tree_rows(depth: int) -> int:
+    """Number of nodes of a full 4-ary tree of `depth` (the row count of a flattened tree obs)."""
+    return (4 ** (depth + 1) - 1) // 3
+
+
+def flatten_tree(node: Any, depth: int) -> np.ndarray:
+    """A flatland tree observation as one float array (rows in pre-order, children L, F, R, B).
+
+    Missing branches are NaN rows, so the shape is fixed by the depth and the array crosses the
+    socket as one raw buffer.
+    """
+    out = np.full((tree_rows(depth), TREE_FEATURES), np.nan)
+    stack = [(node, 0, 0)]  # (node, row, level)
+    while stack:
+        current, row, level = stack.pop()
+        if not hasattr(current, "childs"):
+            continue  # -inf placeholder: branch absent, rows stay NaN
+        out[row] = current[:TREE_FEATURES]
+        if level == depth:
+            continue
+        subtree = tree_rows(depth - level - 1)
+        for i, key in enumerate(TREE_CHILD_ORDER):
+            child = current.childs.get(key) if current.childs else None
+            if child is not None:
+                stack.append((child, row + 1 + i * subtree, level + 1))
+    return out
+
+
+class FlatlandEnv:
+    """A Flatland RailEnv loaded from a test-set file, driven one step at a time."""
+
+    n_actions = N_ACTIONS
+
+    def __init__(self, path: str | Path, seed: int, allowed_builders: Sequence[str] = OBSERVATION_BUILDERS):
+        from flatland.envs.persistence import RailEnvPersister
+
+        self.seed = seed
+        self.allowed = tuple(allowed_builders)
+        self._spec: dict = {"builder": "none"}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.env, _ = RailEnvPersister.load_new(str(path))
+        except Exception as exc:
+            raise EnvLoadError(f"cannot load {Path(path).name}: {type(exc).__name__}: {exc}") from None
+        self.n_agents = 0
+        self.cumulative_reward = 0.0
+
+    # ---------------------------------------------------------------- observation builders
+    def use_observation(self, spec: Mapping[str, Any] | None) -> dict:
+        spec = dict(spec or {"builder": "none"})
+        if spec["builder"] not in self.allowed:
+            raise ObservationNotAllowed(
+                f"observation builder {spec['builder']!r} is not allowed here (allowed: {', '.join(self.allowed)})"
+            )
+        self.env.obs_builder = _builder(spec)  # RailEnv.reset() attaches it to the env
+        self._spec = spec
+        return spec
+
+    def _wire_observations(self, obs: Mapping[int, Any]) -> Any:
+        kind = self._spec["builder"]
+        if kind == "none":
+            return None
+        if kind == "tree":
+            depth = self._spec.get("max_depth", 2)
+            return [flatten_tree(obs[h], depth) for h in range(self.n_agents)]
+        return [list(obs[h]) for h in range(self.n_agents)]
+
+    # ---------------------------------------------------------------- episode
+    def reset(self) -> tuple[Any, dict]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obs, info = self.env.reset(regenerate_rail=True, regenerate_schedule=True, random_seed=self.seed)
+        except Exception as exc:
+            raise EnvLoadError(f"cannot reset env: {type(exc).__name__}: {exc}") from None
+        self.n_agents = self.env.get_num_agents()
+        self.cumulative_reward = 0.0
+        return self._wire_observations(obs), self._wire_info(info)
+
+    def _wire_info(self, info: Mapping[str, Mapping[int, Any]]) -> dict:
+        agents = self.env.agents
+        positions, directions = [], []
+        for agent in agents:
+            conf = agent.current_configuration
+            if conf is None:
+                positions.append(None)
+                directions.append(None)
+            else:
+                positions.append(conf[0])
+                directions.append(conf[1])
+        return {
+            "action_required": list(info["action_required"].values()),
+            "malfunction": list(info["malfunction"].values()),
+            "speed": [float(s) for s in info["speed"].values()],
+            "state": [int(s) for s in info["state"].values()],
+            "position": positions,
+            "direction": directions,
+        }
+
+    def facts(self) -> dict:
+        env = self.env
+        agents = env.agents
+        return {
+            "kind": "flatland",
+            "width": env.width,
+            "height": env.height,
+            "n_agents": self.n_agents,
+            "n_actions": N_ACTIONS,
+            "max_episode_steps": env._max_episode_steps,
+            "rail": wire.pack_ndarray(env.rail.grid.astype(np.uint16)),
+            "agents": {
+                "initial_position": [a.initial_configuration[0] for a in agents],
+                "initial_direction": [a.initial_configuration[1] for a in agents],
+                "target": [sorted({t[0] for t in a.targets})[0] if a.targets else None for a in agents],
+                "earliest_departure": [int(a.earliest_departure) for a in agents],
+                "latest_arrival": [int(a.latest_arrival) for a in agents],
+                "speed": [float(a.speed_counter.max_speed) for a in agents],
+            },
+        }
+
+    def parse_actions(self, reply: Mapping[str, Any]) -> dict[int, int]:
+        return wire.parse_actions(reply, self.n_agents, N_ACTIONS)
+
+    def step(self, actions: dict[int, int]) -> StepOutcome:
+        obs, rewards, dones, info = self.env.step(actions)
+        reward_list = list(rewards.values())
+        self.cumulative_reward += sum(reward_list)
+        return StepOutcome(
+            observations=self._wire_observations(obs),
+            rewards=reward_list,
+            dones=[bool(dones[h]) for h in range(self.n_agents)],
+            info=self._wire_info(info),
+            done=bool(dones["__all__"]),
+        )
+
+    def score_inputs(self) -> ScoreInputs:
+        from flatland.envs.step_utils.states import TrainState
+
+        return ScoreInputs(
+            cumulative_reward=float(self.cumulative_reward),
+            max_episode_steps=int(self.env._max_episode_steps),
+            n_agents=self.n_agents,
+            n_done=sum(1 for a in self.env.agents if a.state == TrainState.DONE),
+        )

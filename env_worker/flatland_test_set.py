@@ -1,0 +1,91 @@
+"""Generate Flatland test sets in flatland-rl's evaluator layout (``Test_<N>/Level_<M>.pkl`` + metadata.csv)."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """One test of a preset: every level of it shares these generator parameters."""
+
+    n_agents: int
+    x_dim: int
+    y_dim: int
+    n_cities: int
+    max_rails_between_cities: int = 2
+    max_rail_pairs_in_city: int = 2
+    malfunction_interval: int = 0  # 0: no malfunctions
+    levels: int = 2
+
+
+# NeurIPS 2020 Round-1 shapes, growing test by test (two levels each: 28 debug episodes).
+_NEURIPS2020 = [
+    (5, 25, 25, 2), (10, 30, 30, 2), (20, 30, 30, 3), (50, 20, 35, 3), (80, 35, 25, 5), (80, 35, 35, 5),
+    (80, 40, 60, 9), (80, 60, 40, 13), (80, 60, 60, 17), (100, 80, 120, 21), (100, 100, 80, 25),
+    (200, 100, 100, 29), (200, 150, 150, 33), (400, 150, 150, 37),
+]
+
+PRESETS: dict[str, list[TestConfig]] = {
+    "small": [TestConfig(2, 25, 25, 2, levels=2), TestConfig(3, 25, 25, 2, levels=2)],
+    "medium": [TestConfig(5, 30, 30, 2, levels=3), TestConfig(7, 30, 30, 3, levels=3),
+               TestConfig(10, 35, 35, 3, levels=2)],
+    "neurips2020-debug": [TestConfig(a, x, y, c, malfunction_interval=250, levels=2) for a, x, y, c in _NEURIPS2020],
+}
+
+METADATA_COLUMNS = ["test_id", "env_id", "n_agents", "x_dim", "y_dim", "n_cities", "max_rail_pairs_in_city",
+                    "max_rails_between_cities", "malfunction_interval", "seed"]
+
+
+def generate_test_set(
+    out: str | Path,
+    preset: str = "small",
+    seed: int = 42,
+    progress: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Write every level of `preset` under `out`; return the env files written."""
+    from flatland.env_generation.env_generator import env_generator
+    from flatland.envs.persistence import RailEnvPersister
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    rows = []
+    for test_id, config in enumerate(PRESETS[preset]):
+        for level in range(config.levels):
+            level_seed = seed + 1000 * test_id + level
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                env, _, _ = env_generator(
+                    n_agents=config.n_agents, x_dim=config.x_dim, y_dim=config.y_dim, n_cities=config.n_cities,
+                    max_rail_pairs_in_city=config.max_rail_pairs_in_city,
+                    max_rails_between_cities=config.max_rails_between_cities,
+                    malfunction_interval=config.malfunction_interval, seed=level_seed,
+                    obs_builder_object=_dummy_builder(),
+                )
+                path = out / f"Test_{test_id}" / f"Level_{level}.pkl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                RailEnvPersister.save(env, str(path))
+            written.append(path)
+            rows.append([f"Test_{test_id}", f"Level_{level}", config.n_agents, config.x_dim, config.y_dim,
+                         config.n_cities, config.max_rail_pairs_in_city, config.max_rails_between_cities,
+                         config.malfunction_interval, level_seed])
+            if progress:
+                progress(str(path.relative_to(out)))
+    with open(out / "metadata.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(METADATA_COLUMNS)
+        writer.writerows(rows)
+    return written
+
+
+def _dummy_builder():
+    from flatland.core.env_observation_builder import DummyObservationBuilder
+
+    return DummyObservationBuilder()

@@ -1,0 +1,74 @@
+"""Typed configuration, in one place: what an episode job carries, and the run-wide defaults.
+
+Everything a challenge can change (deadlines, seed, offset, observation builders) is a field here,
+never a constant in code. Jobs cross Redis as JSON, so every settings object has plain
+`as_dict`/`from_dict` round trips.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+DEFAULT_PLANNING_TIMEOUT_S = 300.0
+DEFAULT_STEP_TIMEOUT_S = 5.0
+DEFAULT_OVERALL_TIMEOUT_S = 8 * 3600.0
+DEFAULT_ENV_SEED = 1001  # flatland-rl's evaluator resets every env with this seed
+DEFAULT_OBSERVATION_BUILDERS = ("none", "tree", "global")
+
+AGENT_ENDPOINT_ENV = "FLATEVAL_AGENT_ENDPOINT"
+REDIS_URL_ENV = "FLATEVAL_REDIS_URL"
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Everything an env worker needs to run one episode: the payload of one RQ job."""
+
+    env_path: str
+    env_file: str
+    test: int | None = None
+    level: int | None = None
+    episode_id: str = ""
+    submission_id: str | None = None
+    index: int = 0
+    seed: int = DEFAULT_ENV_SEED
+    planning_timeout_s: float = DEFAULT_PLANNING_TIMEOUT_S
+    step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+    score_offset: float = 0.0
+    observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS
+    max_reply_bytes: int = 1 << 20
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["observation_builders"] = list(self.observation_builders)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EpisodeSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown episode field(s): {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if "observation_builders" in values:
+            values["observation_builders"] = tuple(values["observation_builders"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How `flateval run` evaluates a submission locally."""
+
+    agent_command: str
+    test_set: str | None = None
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    redis_url: str | None = None
+    output: str | None = None
+    seed: int = DEFAULT_ENV_SEED
+    planning_timeout_s: float = DEFAULT_PLANNING_TIMEOUT_S
+    step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+    overall_timeout_s: float = DEFAULT_OVERALL_TIMEOUT_S
+    agent_startup_timeout_s: float = 60.0
+    score_offset: float = 0.0
+    observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS

@@ -1,0 +1,1 @@
+"""Scoring: per-episode normalized return and completion, the episode record, aggregation."""

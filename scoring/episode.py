@@ -1,0 +1,73 @@
+"""Per-episode scores and the episode result record every other part reads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+COMPLETED = "completed"
+TIMEOUT = "timeout"
+AGENT_ERROR = "agent_error"
+ENV_ERROR = "env_error"
+OUTCOMES = (COMPLETED, TIMEOUT, AGENT_ERROR, ENV_ERROR)
+
+FAILED_EPISODE_RETURN = -1.0
+"""Normalized return (Round-1 scale) of an episode whose agent missed a deadline or misbehaved."""
+
+
+def normalized_return(cumulative_reward: float, max_episode_steps: int, n_agents: int, offset: float = 0.0) -> float:
+    """The seed's formula: reward of all agents / (max steps x agents), plus the phase's offset."""
+    return cumulative_reward / (max_episode_steps * n_agents) + offset
+
+
+def percentage_complete(n_done: int, n_agents: int) -> float:
+    """Fraction (0..1) of the trains that reached their target."""
+    return n_done / n_agents if n_agents else 0.0
+
+
+@dataclass
+class ResponseStats:
+    """Agent response times (our message sent -> its reply received), in seconds."""
+
+    count: int = 0
+    total_s: float = 0.0
+    max_s: float = 0.0
+    planning_s: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total_s += seconds
+        if seconds > self.max_s:
+            self.max_s = seconds
+
+    def as_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "mean_s": self.total_s / self.count if self.count else None,
+            "max_s": self.max_s if self.count else None,
+            "planning_s": self.planning_s,
+        }
+
+
+@dataclass
+class EpisodeResult:
+    """One episode's record, as stored in Redis and written to the results JSON."""
+
+    env_file: str
+    test: int | None
+    level: int | None
+    outcome: str
+    normalized_return: float | None
+    percentage_complete: float | None
+    steps: int
+    cumulative_reward: float | None
+    duration_s: float
+    agent_response: dict = field(default_factory=dict)
+    error: str | None = None
+    seed: int | None = None
+    n_agents: int | None = None
+    max_episode_steps: int | None = None
+    observation: dict | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
