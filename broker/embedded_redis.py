@@ -68,6 +68,7 @@ def start_redis(
     import redis
 
     directory = directory or tempfile.mkdtemp(prefix="flateval-redis-")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
     socket_path = os.path.join(directory, "redis.sock")
     args = [redis_server_binary(), "--daemonize", "no", "--dir", directory, "--save", "",

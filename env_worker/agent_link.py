@@ -19,11 +19,13 @@ from zmq.utils.monitor import parse_monitor_message
 from agent_bridge import protocol as wire
 from scoring.episode import AGENT_ERROR, TIMEOUT
 
-RECONNECT_GRACE_S = 0.25
-"""After the agent's connection drops mid-request: how long to wait for it to come back before
-calling the agent gone. A live agent reconnects within ~10 ms (RECONNECT_IVL below)."""
+DROP_DIAGNOSIS_S = 0.1
+"""After the agent's connection drops mid-request, how long to wait to tell why. A dead peer makes
+ZeroMQ retry the connection at once (EVENT_CONNECT_RETRIED within a millisecond or two); a reply cut
+by ZeroMQ itself for exceeding the size cap is a protocol error, after which ZeroMQ never retries."""
 
-_MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+_MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+_GONE = "agent disconnected (its process exited or closed its socket)"
 
 
 class AgentFault(Exception):
@@ -86,7 +88,8 @@ class AgentLink:
         events = []
         while self._monitor.poll(0):
             event = parse_monitor_message(self._monitor.recv_multipart())["event"]
-            self._connected = event == zmq.EVENT_CONNECTED
+            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_DISCONNECTED):
+                self._connected = event == zmq.EVENT_CONNECTED
             events.append(event)
         return events
 
@@ -116,35 +119,27 @@ class AgentLink:
 
     def _exchange(self, message: dict, deadline: float) -> tuple[float, bytes]:
         self._drain_monitor()
-        sock, monitor = self._sock, self._monitor
+        sock = self._sock
         sock.send(wire.encode(message), copy=True)
         sent = time.perf_counter()
         dropped_at: float | None = None
         while True:
             now = time.perf_counter()
+            if dropped_at is not None and now >= dropped_at + DROP_DIAGNOSIS_S:
+                self.reset()
+                raise AgentFault(f"agent's reply was dropped by ZeroMQ: larger than the "
+                                 f"{self.max_reply_bytes}-byte cap (or not valid ZeroMQ framing)")
             if now >= deadline:
                 self.reset()
-                if dropped_at is not None:
-                    raise AgentFault("agent disconnected (its process exited or closed its socket)")
                 raise AgentTimeout(f"no reply to '{message['type']}' within the deadline")
-            wait = deadline - now if dropped_at is None else min(deadline, dropped_at + RECONNECT_GRACE_S) - now
-            ready = self._poller.poll(max(1, math.ceil(wait * 1000)))
-            if not ready:
-                if dropped_at is not None and time.perf_counter() >= dropped_at + RECONNECT_GRACE_S:
-                    self.reset()
-                    raise AgentFault("agent disconnected (its process exited or closed its socket)")
-                continue
+            until = deadline if dropped_at is None else min(deadline, dropped_at + DROP_DIAGNOSIS_S)
+            ready = self._poller.poll(max(1, math.ceil((until - now) * 1000)))
             for socket, _ in ready:
                 if socket is sock:
                     return sent, sock.recv(copy=True)
             for event in self._drain_monitor():
                 if event == zmq.EVENT_DISCONNECTED and dropped_at is None:
                     dropped_at = time.perf_counter()
-                elif event == zmq.EVENT_CONNECTED and dropped_at is not None:
-                    # The agent is alive, yet its connection dropped mid-request: ZeroMQ cut it for
-                    # a reply over the size cap (or bad framing). The request is lost with it.
-                    self.reset()
-                    raise AgentFault(
-                        f"agent's reply was dropped: larger than the {self.max_reply_bytes}-byte cap "
-                        "(or not valid ZeroMQ framing)"
-                    )
+                elif dropped_at is not None and event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECTED):
+                    self.reset()  # the peer went away (and maybe came back): the request is lost
+                    raise AgentFault(_GONE)

@@ -71,6 +71,15 @@ def flatten_tree(node: Any, depth: int) -> np.ndarray:
     return out
 
 
+def warm_up() -> None:
+    """Import flatland's modules now, so a worker's first episode does not pay for them."""
+    import flatland.core.env_observation_builder  # noqa: F401
+    import flatland.envs.observations  # noqa: F401
+    import flatland.envs.persistence  # noqa: F401
+    import flatland.envs.predictions  # noqa: F401
+    import flatland.envs.step_utils.states  # noqa: F401
+
+
 class FlatlandEnv:
     """A Flatland RailEnv loaded from a test-set file, driven one step at a time."""
 

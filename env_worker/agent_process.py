@@ -62,7 +62,8 @@ class AgentProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 60.0, handshake: bool = True) -> None:
+        """Start the command; with `handshake`, block until it answers a hello."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             try:
@@ -72,7 +73,8 @@ class AgentProcess:
                 )
             except OSError as exc:
                 raise AgentStartError(f"cannot start agent command {shlex.quote(self.command)}: {exc}") from None
-        self.wait_ready(timeout_s)
+        if handshake:
+            self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the agent answers a hello, it exits, or `timeout_s` passes."""

@@ -1,0 +1,189 @@
+"""`flateval run`: a whole local cluster for one submission, started and stopped by us.
+
+1. find the test set, reach Redis (or start an embedded one), create the submission;
+2. start N `flateval worker` processes, each starting and supervising one agent from ``--agent``;
+3. once every pair answered its handshake, enqueue the episodes (timing starts here);
+4. follow the results in Redis (progress bar) until the submission ends or its time runs out;
+5. stop every process we started, by pid, and return the results document.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import redis
+
+from broker import store, submit
+from broker.embedded_redis import RedisServer, RedisStartError, start_redis
+from broker.results import results_document
+from broker.test_set import bundled_test_set, discover
+from flateval.settings import EpisodeSpec, RunSettings
+from rq import Worker
+
+POLL_S = 0.1
+
+
+class RunError(RuntimeError):
+    """The evaluation could not run; the message is one line for the user."""
+
+
+@dataclass
+class _Pair:
+    index: int
+    process: subprocess.Popen
+    log: Path
+    agent_pidfile: Path
+
+
+@dataclass
+class LocalCluster:
+    """Everything `flateval run` started; `stop()` ends all of it by pid."""
+
+    run_dir: Path
+    redis_server: RedisServer | None = None
+    pairs: list[_Pair] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for pair in self.pairs:
+            _terminate(pair.process)
+            _kill_agent_group(pair.agent_pidfile)
+        if self.redis_server:
+            self.redis_server.stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _terminate(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _kill_agent_group(pidfile: Path) -> None:
+    """The agent runs in its own process group; the worker stops it, this is the backstop."""
+    try:
+        os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        pass
+
+
+def connect(url: str) -> redis.Redis:
+    conn = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    try:
+        conn.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise RunError(f"cannot reach Redis at {_redact(url)}: {exc}") from None
+    return conn
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _start_pairs(cluster: LocalCluster, settings: RunSettings, redis_url: str, queue: str) -> None:
+    for index in range(settings.workers):
+        log = cluster.run_dir / f"pair-{index}.worker.log"
+        pidfile = cluster.run_dir / f"pair-{index}.agent.pid"
+        args = [sys.executable, "-m", "flateval", "worker", "--redis", redis_url, "--queue", queue,
+                "--agent-command", settings.agent_command, "--agent-log", str(cluster.run_dir / f"pair-{index}.agent.log"),
+                "--agent-pidfile", str(pidfile), "--name", f"pair-{index}-{queue}",
+                "--startup-timeout", str(settings.agent_startup_timeout_s)]
+        with open(log, "wb") as out:
+            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        cluster.pairs.append(_Pair(index, process, log, pidfile))
+
+
+def _wait_pairs_ready(cluster: LocalCluster, conn: redis.Redis, queue: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    names = {f"pair-{p.index}-{queue}" for p in cluster.pairs}
+    while True:
+        for pair in cluster.pairs:
+            if pair.process.poll() is not None:
+                reason = _last_line(pair.log) or f"worker exited with code {pair.process.returncode}"
+                raise RunError(reason.removeprefix("flateval: "))
+        registered = {w.name for w in Worker.all(connection=conn)}
+        if names <= registered:
+            return
+        if time.monotonic() > deadline:
+            raise RunError(f"agents did not become ready within {timeout_s:g} s")
+        time.sleep(POLL_S)  # polling child processes and Redis for readiness
+
+
+def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], None] | None = None) -> dict:
+    """Evaluate one submission on a local cluster; return the results document."""
+    test_set = Path(settings.test_set) if settings.test_set else bundled_test_set()
+    env_files = discover(test_set)
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="flateval-run-")))
+    try:
+        if settings.redis_url:
+            redis_url = settings.redis_url
+        else:
+            try:
+                cluster.redis_server = start_redis(directory=str(cluster.run_dir / "redis"))
+            except RedisStartError as exc:
+                raise RunError(f"cannot start the embedded Redis: {exc}") from None
+            redis_url = cluster.redis_server.url
+        conn = connect(redis_url)
+        template = EpisodeSpec(env_path="", env_file="", seed=settings.seed,
+                               planning_timeout_s=settings.planning_timeout_s,
+                               step_timeout_s=settings.step_timeout_s, score_offset=settings.score_offset,
+                               observation_builders=settings.observation_builders)
+        sid = submit.create(conn, env_files, template, test_set=str(test_set),
+                            extra={"agent_command": settings.agent_command, "workers": settings.workers})
+        queue = store.queue_name(sid)
+        _start_pairs(cluster, settings, redis_url, queue)
+        _wait_pairs_ready(cluster, conn, queue, settings.agent_startup_timeout_s + 30)
+
+        specs = submit.episode_specs(sid, env_files, template)
+        started = time.time()
+        submit.enqueue(conn, sid, specs, job_timeout_s=settings.overall_timeout_s)
+        _follow(conn, sid, cluster, started + settings.overall_timeout_s, on_progress)
+        return results_document(conn, sid)
+    finally:
+        cluster.stop()
+
+
+def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
+            on_progress: Callable[[list[dict], int], None] | None) -> None:
+    """Watch the submission until it ends; fail it when its time runs out or every pair died."""
+    seen = -1
+    while True:
+        record = store.get_submission(conn, sid)
+        count = store.count_results(conn, sid)
+        if on_progress and count != seen:
+            seen = count
+            on_progress(store.get_results(conn, sid), record["n_episodes"])
+        if record["status"] in store.TERMINAL:
+            return
+        if time.time() > deadline:
+            store.finalize(conn, sid, store.FAILED, "overall time limit reached")
+            submit.drop_queue(conn, sid)
+            return
+        if all(p.process.poll() is not None for p in cluster.pairs):
+            reason = _last_line(cluster.pairs[0].log) or "every worker exited"
+            store.finalize(conn, sid, store.FAILED, f"all workers stopped: {reason}")
+            return
+        time.sleep(POLL_S)  # progress polling of Redis, not a synchronization point

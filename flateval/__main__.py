@@ -1,0 +1,3 @@
+from flateval.cli import main
+
+main()

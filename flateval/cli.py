@@ -1,0 +1,258 @@
+"""The `flateval` command line. Every failure is one clear line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flateval import settings as cfg
+
+
+class CliError(click.ClickException):
+    """One line for the user; exit code 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"flateval: {self.message}", err=True)
+
+
+def _redis_url(url: str | None) -> str:
+    url = url or os.environ.get(cfg.REDIS_URL_ENV)
+    if not url:
+        raise CliError(f"give --redis URL or set {cfg.REDIS_URL_ENV}")
+    return url
+
+
+def _write_json(document: Any, output: str | None) -> None:
+    text = json.dumps(document, indent=2, default=str)
+    if output:
+        Path(output).write_text(text + "\n")
+    else:
+        click.echo(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flateval")
+def main() -> None:
+    """flateval: evaluate code-upload RL submissions (Flatland first), fast and safely."""
+
+
+# --------------------------------------------------------------------------------------- episode
+@main.command()
+@click.option("--env", "env_path", required=True, type=click.Path(dir_okay=False), help="A Flatland env .pkl file.")
+@click.option("--agent-endpoint", required=True, help="Where the agent listens, e.g. tcp://127.0.0.1:8086.")
+@click.option("--step-timeout", type=float, default=cfg.DEFAULT_STEP_TIMEOUT_S, show_default=True)
+@click.option("--planning-timeout", type=float, default=cfg.DEFAULT_PLANNING_TIMEOUT_S, show_default=True)
+@click.option("--seed", type=int, default=cfg.DEFAULT_ENV_SEED, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result record as one JSON object.")
+def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_timeout: float, seed: int,
+            as_json: bool) -> None:
+    """Run one episode against an agent that is already running, and print its result."""
+    from env_worker.agent_link import AgentLink
+    from env_worker.episode import run_episode
+
+    path = Path(env_path)
+    if not path.is_file():
+        raise CliError(f"env file {path} does not exist")
+    parts = path.resolve().parts
+    env_file = "/".join(parts[-2:])
+    test = level = None
+    if parts[-2].startswith("Test_") and parts[-1].startswith("Level_"):
+        try:
+            test, level = int(parts[-2][5:]), int(parts[-1][6:].split(".")[0])
+        except ValueError:
+            pass
+    spec = cfg.EpisodeSpec(env_path=str(path.resolve()), env_file=env_file, test=test, level=level,
+                           episode_id="local", seed=seed, planning_timeout_s=planning_timeout,
+                           step_timeout_s=step_timeout)
+    link = AgentLink(agent_endpoint)
+    try:
+        result = run_episode(spec, link)
+    finally:
+        link.close()
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    click.echo(f"{result.env_file}: {result.outcome}  normalized return {result.normalized_return}  "
+               f"complete {result.percentage_complete}  steps {result.steps}  {result.duration_s:.2f} s")
+    if result.error:
+        click.echo(f"error: {result.error}")
+
+
+# --------------------------------------------------------------------------------------- run
+@main.command()
+@click.option("--agent", "agent_command", required=True, help="Shell command that starts one agent instance.")
+@click.option("--test-set", type=click.Path(), help="Test set directory (Test_<N>/Level_<M>.pkl); default: bundled.")
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+              help="Worker+agent pairs.")
+@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL; default: an embedded Redis.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the results JSON here.")
+@click.option("--seed", type=int, default=cfg.DEFAULT_ENV_SEED, show_default=True, help="Env reset seed.")
+@click.option("--planning-timeout", type=float, default=cfg.DEFAULT_PLANNING_TIMEOUT_S, show_default=True)
+@click.option("--step-timeout", type=float, default=cfg.DEFAULT_STEP_TIMEOUT_S, show_default=True)
+@click.option("--overall-timeout", type=float, default=cfg.DEFAULT_OVERALL_TIMEOUT_S, show_default=True)
+@click.option("--agent-startup-timeout", type=float, default=60.0, show_default=True)
+def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
+        seed: int, planning_timeout: float, step_timeout: float, overall_timeout: float,
+        agent_startup_timeout: float) -> None:
+    """Evaluate an agent on a test set with N worker+agent pairs; print the score."""
+    from broker.local_run import RunError, run_local
+    from broker.test_set import TestSetError
+    from flateval.progress import ProgressView, print_score
+
+    settings = cfg.RunSettings(agent_command=agent_command, test_set=test_set, workers=workers, redis_url=redis_url,
+                               output=output, seed=seed, planning_timeout_s=planning_timeout,
+                               step_timeout_s=step_timeout, overall_timeout_s=overall_timeout,
+                               agent_startup_timeout_s=agent_startup_timeout)
+    try:
+        with ProgressView() as view:
+            document = run_local(settings, on_progress=view.update)
+    except (RunError, TestSetError) as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        raise CliError("interrupted; everything started was stopped") from None
+    print_score(document)
+    if output:
+        _write_json(document, output)
+        click.echo(f"results written to {output}", err=True)
+
+
+# --------------------------------------------------------------------------------------- worker
+@main.command()
+@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL.")
+@click.option("--queue", "queues", multiple=True, help="Queue(s) to work; default: all flateval queues given.")
+@click.option("--agent-endpoint", envvar=cfg.AGENT_ENDPOINT_ENV, help="The paired agent's endpoint.")
+@click.option("--agent-command", help="Start (and restart after faults) the agent with this shell command.")
+@click.option("--agent-log", type=click.Path(dir_okay=False), help="Where the agent's output goes.")
+@click.option("--agent-pidfile", type=click.Path(dir_okay=False), hidden=True)
+@click.option("--name", help="Worker name (default host:pid).")
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+@click.option("--startup-timeout", type=float, default=60.0, show_default=True)
+def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
+           agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
+           startup_timeout: float) -> None:
+    """Run an env worker paired with one agent."""
+    from env_worker.worker import WorkerStartError, run_worker
+
+    if not queues:
+        raise CliError("give at least one --queue (a submission's queue is flateval-<submission id>)")
+    try:
+        run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
+                   agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
+                   pidfile=agent_pidfile)
+    except WorkerStartError as exc:
+        raise CliError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------------------- submit & co
+@main.command()
+@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
+@click.option("--test-set", required=True, type=click.Path())
+@click.option("--name", help="A name for the submission.")
+@click.option("--seed", type=int, default=cfg.DEFAULT_ENV_SEED, show_default=True)
+@click.option("--planning-timeout", type=float, default=cfg.DEFAULT_PLANNING_TIMEOUT_S, show_default=True)
+@click.option("--step-timeout", type=float, default=cfg.DEFAULT_STEP_TIMEOUT_S, show_default=True)
+@click.option("--overall-timeout", type=float, default=cfg.DEFAULT_OVERALL_TIMEOUT_S, show_default=True)
+def submit(redis_url: str | None, test_set: str, name: str | None, seed: int, planning_timeout: float,
+           step_timeout: float, overall_timeout: float) -> None:
+    """Enqueue a submission for remote workers; print its id."""
+    from broker import submit as submitting
+    from broker.local_run import connect, RunError
+    from broker.test_set import TestSetError, discover
+
+    try:
+        env_files = discover(test_set)
+        conn = connect(_redis_url(redis_url))
+    except (TestSetError, RunError) as exc:
+        raise CliError(str(exc)) from None
+    template = cfg.EpisodeSpec(env_path="", env_file="", seed=seed, planning_timeout_s=planning_timeout,
+                               step_timeout_s=step_timeout)
+    sid = submitting.create(conn, env_files, template, name=name, test_set=str(Path(test_set).resolve()),
+                            extra={"overall_timeout_s": overall_timeout})
+    submitting.enqueue(conn, sid, submitting.episode_specs(sid, env_files, template), job_timeout_s=overall_timeout)
+    click.echo(sid)
+
+
+def _conn(redis_url: str | None):
+    from broker.local_run import RunError, connect
+
+    try:
+        return connect(_redis_url(redis_url))
+    except RunError as exc:
+        raise CliError(str(exc)) from None
+
+
+@main.command()
+@click.argument("submission_id")
+@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
+def status(submission_id: str, redis_url: str | None) -> None:
+    """Show a submission's status and progress."""
+    from broker import store
+
+    conn = _conn(redis_url)
+    record = store.get_submission(conn, submission_id)
+    if record is None:
+        raise CliError(f"no submission {submission_id}")
+    done = store.count_results(conn, submission_id)
+    score = (record.get("score") or {}).get("mean_normalized_return")
+    line = f"{submission_id}  {record['status']}  {done}/{record['n_episodes']} episodes"
+    if score is not None:
+        line += f"  mean normalized return {score:.6f}"
+    if record.get("error"):
+        line += f"  ({record['error']})"
+    click.echo(line)
+
+
+@main.command()
+@click.argument("submission_id")
+@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
+@click.option("--output", type=click.Path(dir_okay=False))
+def results(submission_id: str, redis_url: str | None, output: str | None) -> None:
+    """Print (or write) a submission's results JSON."""
+    from broker.results import results_document
+
+    conn = _conn(redis_url)
+    try:
+        document = results_document(conn, submission_id)
+    except KeyError:
+        raise CliError(f"no submission {submission_id}") from None
+    _write_json(document, output)
+
+
+@main.command()
+@click.argument("submission_id")
+@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
+def cancel(submission_id: str, redis_url: str | None) -> None:
+    """Cancel a submission: queued episodes are removed, it gets no score."""
+    from broker import store
+    from broker.submit import drop_queue
+
+    conn = _conn(redis_url)
+    if store.get_submission(conn, submission_id) is None:
+        raise CliError(f"no submission {submission_id}")
+    if not store.finalize(conn, submission_id, store.CANCELLED, "cancelled by user"):
+        raise CliError(f"submission {submission_id} has already ended")
+    dropped = drop_queue(conn, submission_id)
+    click.echo(f"{submission_id} cancelled ({dropped} queued episodes removed)")
+
+
+# --------------------------------------------------------------------------------------- test sets
+@main.command("generate-test-set")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--preset", type=click.Choice(["small", "medium", "neurips2020-debug"]), default="small",
+              show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+def generate_test_set(out: str, preset: str, seed: int) -> None:
+    """Write a test set in flatland's evaluator layout, with a metadata.csv."""
+    from env_worker.flatland_test_set import generate_test_set as generate
+
+    written = generate(out, preset, seed, progress=lambda name: click.echo(f"  {name}", err=True))
+    click.echo(f"{len(written)} envs written to {out}")
+
+
+if __name__ == "__main__":
+    main()

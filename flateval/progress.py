@@ -1,0 +1,60 @@
+"""What `flateval run` shows a person: a progress bar while it runs, a score table at the end."""
+
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+class ProgressView:
+    """Episodes done/total, the running mean normalized return, and the timeouts so far."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[summary]}"), console=console, transient=False)
+        self._task = None
+
+    def __enter__(self) -> "ProgressView":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, results: list[dict], total: int) -> None:
+        scored = [r["normalized_return"] for r in results if r.get("normalized_return") is not None]
+        timeouts = sum(r.get("outcome") == "timeout" for r in results)
+        errors = sum(r.get("outcome") in ("agent_error", "env_error") for r in results)
+        summary = f"mean NR {fmean(scored):+.4f}" if scored else "mean NR -"
+        summary += f"  timeouts {timeouts}  errors {errors}"
+        if self._task is None:
+            self._task = self._progress.add_task("episodes", total=total, summary=summary)
+        self._progress.update(self._task, completed=len(results), total=total, summary=summary)
+
+
+def print_score(document: dict) -> None:
+    score = document["score"]
+    table = Table(title=f"submission {document['submission_id']}: {document['status']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
+
+    table.add_row("mean normalized return", fmt(score.get("mean_normalized_return")))
+    table.add_row("mean percentage complete", fmt(score.get("mean_percentage_complete")))
+    table.add_row("episodes", f"{len(document['episodes'])}/{document.get('n_episodes')}")
+    for outcome, count in (score.get("outcomes") or {}).items():
+        table.add_row(f"  {outcome}", str(count))
+    wall = document["timing"].get("wall_s")
+    table.add_row("wall time (s)", fmt(wall))
+    if document.get("error"):
+        table.add_row("error", document["error"])
+    Console().print(table)

@@ -1,0 +1,74 @@
+"""Shared fixtures: real Redis, real agent processes on real sockets, generated test sets.
+
+Every process a fixture starts is stopped by its own pid (or process group) at teardown.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from env_worker.agent_process import AgentProcess
+from broker.embedded_redis import start_redis
+from env_worker.flatland_test_set import generate_test_set
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def small_test_set(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small")
+    generate_test_set(out, "small", seed=42)
+    return out
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server on a free loopback port, for the whole session."""
+    server = start_redis(port=free_port())
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_conn(redis_url):
+    import redis
+
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushall()
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def start_agent(tmp_path):
+    """Start an agent: `start_agent(module="agent_bridge.examples.do_nothing")` or
+    `start_agent(script="...python source...")`; returns the running `AgentProcess`."""
+    started: list[AgentProcess] = []
+
+    def _start(module: str | None = None, script: str | None = None, timeout_s: float = 30.0,
+               handshake: bool = True) -> AgentProcess:
+        if script is not None:
+            path = tmp_path / f"agent_{len(started)}.py"
+            path.write_text(textwrap.dedent(script))
+            command = f"{sys.executable} {path}"
+        else:
+            command = f"{sys.executable} -m {module}"
+        agent = AgentProcess(command, tmp_path / f"agent_{len(started)}.log")
+        started.append(agent)
+        agent.start(timeout_s, handshake=handshake)
+        return agent
+
+    yield _start
+    for agent in started:
+        agent.stop()
