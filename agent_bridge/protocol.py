@@ -181,7 +181,7 @@ def check_reply(request_type: str, reply: dict) -> dict:
     if kind != expected:
         raise ProtocolError(f"expected a '{expected}' reply to '{request_type}', got '{kind[:40]}'")
     if kind == HELLO:
-        if reply.get("protocol") != PROTOCOL_VERSION:
+        if type(reply.get("protocol")) is not int or reply["protocol"] != PROTOCOL_VERSION:
             raise ProtocolError(
                 f"agent speaks protocol {reply.get('protocol')!r}, this evaluator speaks {PROTOCOL_VERSION}"
             )

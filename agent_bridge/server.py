@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from typing import Any, Mapping, Protocol
 
@@ -13,6 +14,9 @@ from agent_bridge import protocol as wire
 
 DEFAULT_ENDPOINT = "tcp://*:8086"
 BIND_ENV = "FLATEVAL_AGENT_BIND"
+SPIN_ENV = "FLATEVAL_SPIN_US"
+"""Microseconds to busy-wait for the next request after replying (0: block at once). Set by
+`flateval run` when every process of a pair has a core of its own."""
 
 
 class Policy(Protocol):
@@ -110,6 +114,7 @@ def serve(
     name: str | None = None,
     max_request_bytes: int = wire.DEFAULT_MAX_REQUEST_BYTES,
     max_requests: int | None = None,
+    spin_s: float | None = None,
 ) -> None:
     """Bind a REP socket and answer the env side until killed.
 
@@ -118,6 +123,8 @@ def serve(
     and the agent keeps serving. `max_requests` stops after that many requests (for tests).
     """
     endpoint = endpoint or os.environ.get(BIND_ENV) or DEFAULT_ENDPOINT
+    if spin_s is None:
+        spin_s = float(os.environ.get(SPIN_ENV, "0") or 0) / 1e6
     name = name or type(policy).__name__
 
     def log(text: str) -> None:
@@ -146,7 +153,15 @@ def serve(
                 log("policy raised:\n" + traceback.format_exc(limit=5))
                 out = wire.encode(wire.error_reply(f"{type(exc).__name__}: {exc}"))
             sock.send(out, copy=True)
+            if spin_s:
+                _spin_until_readable(sock, time.perf_counter() + spin_s)
     except KeyboardInterrupt:
         pass
     finally:
         sock.close(linger=0)
+
+
+def _spin_until_readable(sock: zmq.Socket, until: float) -> None:
+    """Busy-poll, yielding the core, until a request is readable or `until` (see AgentLink)."""
+    while not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and time.perf_counter() < until:
+        os.sched_yield()

@@ -10,6 +10,7 @@ the answer to a later request. A socket monitor notices at once when the agent's
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -46,11 +47,13 @@ class AgentLink:
         endpoint: str,
         max_reply_bytes: int = wire.DEFAULT_MAX_REPLY_BYTES,
         context: zmq.Context | None = None,
+        spin_s: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
         self.max_reply_bytes = max_reply_bytes
         self._ctx = context or zmq.Context.instance()
         self._abort_notice: dict | None = None
+        self.spin_s = spin_s
         self._open()
 
     # ------------------------------------------------------------------ socket lifecycle
@@ -59,14 +62,14 @@ class AgentLink:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)  # no back-off: a retry every 10 ms tells "gone" fast
         self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         sock.connect(self.endpoint)
         self._sock = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        self._connected = False
+        self._lost = False  # the connection dropped and has not come back
 
     def _close(self) -> None:
         try:
@@ -88,8 +91,10 @@ class AgentLink:
         events = []
         while self._monitor.poll(0):
             event = parse_monitor_message(self._monitor.recv_multipart())["event"]
-            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_DISCONNECTED):
-                self._connected = event == zmq.EVENT_CONNECTED
+            if event == zmq.EVENT_CONNECTED:
+                self._lost = False
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._lost = True
             events.append(event)
         return events
 
@@ -101,28 +106,43 @@ class AgentLink:
     def request(self, message: dict, timeout_s: float) -> tuple[dict, float]:
         """Send `message`, return (checked reply, seconds the agent took).
 
-        Raises `AgentTimeout` when no reply arrives within `timeout_s` of sending, `AgentFault` for
-        a dropped connection, undecodable bytes, a wrong reply type or an ``error`` reply.
+        The deadline runs from our message leaving to the agent's reply arriving: encoding and any
+        pending ``aborted`` notice are not charged to it. Raises `AgentTimeout` when no reply
+        arrives in time, `AgentFault` for a dropped connection, a reply that is not one valid
+        frame, a wrong reply type or an ``error`` reply.
         """
-        started = time.perf_counter()
         if self._abort_notice is not None:
             notice, self._abort_notice = self._abort_notice, None
-            self._exchange(notice, started + timeout_s)
-        sent, frame = self._exchange(message, started + timeout_s)
+            self._exchange(wire.encode(notice), notice["type"], timeout_s)
+        sent, frame = self._exchange(wire.encode(message), message["type"], timeout_s)
+        took = time.perf_counter() - sent
         try:
             reply = wire.check_reply(message["type"], wire.decode_reply(frame))
         except wire.AgentReportedError as exc:
             raise AgentFault(f"agent raised: {exc}") from None
         except wire.ProtocolError as exc:
             raise AgentFault(str(exc)) from None
-        return reply, time.perf_counter() - sent
+        return reply, took
 
-    def _exchange(self, message: dict, deadline: float) -> tuple[float, bytes]:
+    def _exchange(self, frame: bytes, kind: str, timeout_s: float) -> tuple[float, bytes]:
+        try:
+            return self._wait_reply(frame, kind, timeout_s)
+        except zmq.ZMQError as exc:  # the socket is in a state we cannot trust: start afresh
+            self.reset()
+            raise AgentFault(f"agent link failed: {exc}") from None
+
+    def _wait_reply(self, frame: bytes, kind: str, timeout_s: float) -> tuple[float, bytes]:
         self._drain_monitor()
         sock = self._sock
-        sock.send(wire.encode(message), copy=True)
+        sock.send(frame, copy=True)
         sent = time.perf_counter()
-        dropped_at: float | None = None
+        deadline = sent + timeout_s
+        if self.spin_s and _spin_until_readable(sock, min(deadline, sent + self.spin_s)):
+            return sent, self._recv_one(sock)
+        # Connection lost before we sent (agent died between requests): wait for ZeroMQ to retry
+        # (agent gone) or reconnect (request delivered after all).
+        lost_idle = self._lost
+        dropped_at: float | None = None  # connection lost mid-request
         while True:
             now = time.perf_counter()
             if dropped_at is not None and now >= dropped_at + DROP_DIAGNOSIS_S:
@@ -131,15 +151,44 @@ class AgentLink:
                                  f"{self.max_reply_bytes}-byte cap (or not valid ZeroMQ framing)")
             if now >= deadline:
                 self.reset()
-                raise AgentTimeout(f"no reply to '{message['type']}' within the deadline")
+                if lost_idle or dropped_at is not None:
+                    raise AgentFault(_GONE)
+                raise AgentTimeout(f"no reply to '{kind}' within the deadline")
             until = deadline if dropped_at is None else min(deadline, dropped_at + DROP_DIAGNOSIS_S)
             ready = self._poller.poll(max(1, math.ceil((until - now) * 1000)))
             for socket, _ in ready:
                 if socket is sock:
-                    return sent, sock.recv(copy=True)
+                    return sent, self._recv_one(sock)
             for event in self._drain_monitor():
-                if event == zmq.EVENT_DISCONNECTED and dropped_at is None:
-                    dropped_at = time.perf_counter()
-                elif dropped_at is not None and event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECTED):
-                    self.reset()  # the peer went away (and maybe came back): the request is lost
+                if event == zmq.EVENT_CONNECT_RETRIED and (lost_idle or dropped_at is not None):
+                    self.reset()
                     raise AgentFault(_GONE)
+                if event == zmq.EVENT_CONNECTED and lost_idle and dropped_at is None:
+                    lost_idle = False  # back before our request went out: it will be delivered
+                elif event == zmq.EVENT_CONNECTED and dropped_at is not None:
+                    self.reset()  # the peer went away and came back: our request is lost
+                    raise AgentFault(_GONE)
+                elif event == zmq.EVENT_DISCONNECTED and dropped_at is None:
+                    dropped_at = time.perf_counter()
+
+    def _recv_one(self, sock: zmq.Socket) -> bytes:
+        frame = sock.recv(copy=True)
+        if sock.getsockopt(zmq.RCVMORE):
+            self.reset()
+            raise AgentFault("agent replied with a multipart message; the protocol takes exactly one frame")
+        return frame
+
+def _spin_until_readable(sock: zmq.Socket, until: float) -> bool:
+    """Busy-poll (yielding the core to anyone runnable) until a message is readable or `until`.
+
+    A blocked process takes tens of microseconds to be woken by the kernel; an agent that answers
+    in less than that is cheaper to wait for with our eyes open. `sched_yield` keeps the spin from
+    stealing the core when other processes need it.
+    """
+    events = zmq.EVENTS
+    while True:
+        if sock.getsockopt(events) & zmq.POLLIN:
+            return True
+        if time.perf_counter() >= until:
+            return False
+        os.sched_yield()

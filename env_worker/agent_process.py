@@ -80,6 +80,7 @@ class AgentProcess:
         """Block until the agent answers a hello, it exits, or `timeout_s` passes."""
         deadline = time.monotonic() + timeout_s
         link = AgentLink(self.endpoint)
+        wait = 0.25  # short at first to notice an early exit; doubling so a slow hello still lands
         try:
             while True:
                 code = self.process.poll() if self.process else None
@@ -92,11 +93,12 @@ class AgentProcess:
                     raise AgentStartError(
                         f"agent did not answer the handshake on {self.endpoint} within {timeout_s:g} s")
                 try:
-                    link.request(wire.hello_request(), min(0.25, left))
+                    link.request(wire.hello_request(), min(wait, left))
                     return
                 except AgentFault as exc:
                     if "protocol" in str(exc):
                         raise AgentStartError(f"agent handshake failed: {exc}") from None
+                    wait = min(wait * 2, 5.0)
         finally:
             link.close()
 

@@ -79,6 +79,7 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
         link.notify_aborted(spec.episode_id, error)
     except Exception as exc:  # the env itself failed: the host's problem, not the agent's
         outcome, error = ENV_ERROR, f"env failed at step {steps}: {type(exc).__name__}: {exc}"
+        link.notify_aborted(spec.episode_id, error)
 
     totals = env.score_inputs()
     if outcome == COMPLETED:

@@ -43,6 +43,14 @@ def _builder(spec: Mapping[str, Any]) -> Any:
     return TreeObsForRailEnv(max_depth=depth, predictor=predictor)
 
 
+def normalize_observation(spec: Mapping[str, Any] | None) -> dict:
+    """The agent's observation request with defaults filled in and unknown keys dropped."""
+    spec = spec or {"builder": "none"}
+    if spec["builder"] != "tree":
+        return {"builder": spec["builder"]}
+    return {"builder": "tree", "max_depth": spec.get("max_depth", 2), "predictor_depth": spec.get("predictor_depth", 50)}
+
+
 def tree_rows(depth: int) -> int:
     """Number of nodes of a full 4-ary tree of `depth` (the row count of a flattened tree obs)."""
     return (4 ** (depth + 1) - 1) // 3
@@ -102,7 +110,7 @@ class FlatlandEnv:
 
     # ---------------------------------------------------------------- observation builders
     def use_observation(self, spec: Mapping[str, Any] | None) -> dict:
-        spec = dict(spec or {"builder": "none"})
+        spec = normalize_observation(spec)
         if spec["builder"] not in self.allowed:
             raise ObservationNotAllowed(
                 f"observation builder {spec['builder']!r} is not allowed here (allowed: {', '.join(self.allowed)})"
@@ -116,7 +124,7 @@ class FlatlandEnv:
         if kind == "none":
             return None
         if kind == "tree":
-            depth = self._spec.get("max_depth", 2)
+            depth = self._spec["max_depth"]
             return [flatten_tree(obs[h], depth) for h in range(self.n_agents)]
         return [list(obs[h]) for h in range(self.n_agents)]
 

@@ -37,7 +37,6 @@ class EpisodeSpec:
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
     score_offset: float = 0.0
     observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS
-    max_reply_bytes: int = 1 << 20
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

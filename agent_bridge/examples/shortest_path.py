@@ -348,7 +348,8 @@ class ShortestPath:
             if state == DONE or i >= len(route):
                 continue
             if positions[h] is None:
-                if state == READY_TO_DEPART and self._may_enter(h, 0):
+                # After an off-map malfunction a move action puts the train straight on the map.
+                if state in (READY_TO_DEPART, MALFUNCTION_OFF_MAP) and self._may_enter(h, 0):
                     actions[h] = MOVE_FORWARD
                 continue
             if i + 1 >= len(route):

@@ -1,0 +1,171 @@
+"""`flateval run`, `submit`, `status`, `results`, `cancel` and a stock `rq worker`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.test_episode import direct_normalized_return
+
+FLATEVAL = [sys.executable, "-m", "flateval"]
+DO_NOTHING = f"{sys.executable} -m agent_bridge.examples.do_nothing"
+
+
+def flateval(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*FLATEVAL, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def leftover_processes(token: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", token], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def check_against_direct(document: dict, test_set: Path) -> None:
+    assert document["status"] == "finished"
+    episodes = document["episodes"]
+    assert [e["env_file"] for e in episodes] == sorted(
+        (e["env_file"] for e in episodes), key=lambda f: (int(f.split("/")[0][5:]), int(f.split("_")[-1][:-4])))
+    expected = []
+    for episode in episodes:
+        nr, done, steps = direct_normalized_return(test_set / episode["env_file"])
+        assert episode["outcome"] == "completed"
+        assert episode["normalized_return"] == pytest.approx(nr, abs=1e-9)
+        assert episode["percentage_complete"] == pytest.approx(done, abs=1e-9)
+        assert episode["steps"] == steps
+        expected.append(nr)
+    assert document["score"]["mean_normalized_return"] == pytest.approx(sum(expected) / len(expected), abs=1e-9)
+    assert document["timing"]["wall_s"] > 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_do_nothing_equals_direct_stepping(workers, small_test_set, tmp_path):
+    out = tmp_path / "results.json"
+    done = flateval("run", "--agent", DO_NOTHING, "--test-set", str(small_test_set), "--workers", str(workers),
+                    "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert {"submission_id", "status", "score", "timing", "episodes"} <= set(document)
+    check_against_direct(document, small_test_set)
+    assert len({e["worker"] for e in document["episodes"]}) <= workers
+
+
+def test_run_on_external_redis_and_bundled_test_set(redis_url, tmp_path):
+    out = tmp_path / "results.json"
+    done = flateval("run", "--agent", DO_NOTHING, "--workers", "1", "--output", str(out), "--redis", redis_url)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert document["status"] == "finished" and len(document["episodes"]) >= 4
+
+
+def test_missing_test_set_is_one_clear_line(tmp_path):
+    done = flateval("run", "--agent", DO_NOTHING, "--test-set", str(tmp_path / "nope"))
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [f"flateval: test set {tmp_path / 'nope'} does not exist"]
+
+
+def test_empty_test_set_is_one_clear_line(tmp_path):
+    done = flateval("run", "--agent", DO_NOTHING, "--test-set", str(tmp_path))
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1 and "no Test_<N>/Level_<M>.pkl" in done.stderr
+
+
+def test_agent_that_exits_at_once_is_one_clear_line_and_leaves_nothing(small_test_set):
+    token = f"flateval-test-{uuid.uuid4().hex[:8]}"
+    agent = f"{sys.executable} -c 'import sys; print(\"cannot load model\"); sys.exit(3)' {token}"
+    done = flateval("run", "--agent", agent, "--test-set", str(small_test_set), "--workers", "2")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "agent command exited with code 3" in lines[0] and "cannot load model" in lines[0]
+    assert leftover_processes(token) == []
+    assert leftover_processes("flateval-run-") == []
+
+
+def test_unreachable_redis_is_one_clear_line(small_test_set):
+    done = flateval("run", "--agent", DO_NOTHING, "--test-set", str(small_test_set), "--redis",
+                    "redis://127.0.0.1:1/0")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[0].startswith("flateval: cannot reach Redis at redis://127.0.0.1:1/0")
+
+
+HANG_ONCE = """
+import os, sys, time
+from agent_bridge import serve
+MARK = {marker!r}
+class HangOnce:
+    def reset(self, info):
+        pass
+    def act(self, obs, info):
+        if info["step"] == 3 and not os.path.exists(MARK):
+            open(MARK, "w").close()
+            time.sleep(3600)
+        return {{}}
+serve(HangOnce())
+"""
+
+
+def test_pair_restarts_a_hung_agent_and_a_corrupt_env_is_an_env_error(small_test_set, tmp_path):
+    test_set = tmp_path / "set"
+    shutil.copytree(small_test_set, test_set)
+    (test_set / "Test_1" / "Level_1.pkl").write_bytes(b"not a pickle at all")
+    script = tmp_path / "hang_once.py"
+    script.write_text(HANG_ONCE.format(marker=str(tmp_path / "hung")))
+    out = tmp_path / "results.json"
+    done = flateval("run", "--agent", f"{sys.executable} {script}", "--test-set", str(test_set), "--workers", "1",
+                    "--step-timeout", "0.5", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    outcomes = [e["outcome"] for e in document["episodes"]]
+    assert outcomes == ["timeout", "completed", "completed", "env_error"]
+    assert document["episodes"][0]["normalized_return"] == -1.0
+    assert document["status"] == "finished"
+    assert document["score"]["scored_episodes"] == 3
+    assert "restarting agent" in "".join(document["agent_logs"].values())
+
+
+def test_submit_and_stock_rq_worker(redis_url, redis_conn, small_test_set, start_agent):
+    agent = start_agent(module="agent_bridge.examples.do_nothing")
+    done = flateval("submit", "--redis", redis_url, "--test-set", str(small_test_set), "--name", "stock")
+    assert done.returncode == 0, done.stderr
+    sid = done.stdout.strip()
+    status = flateval("status", sid, "--redis", redis_url)
+    assert status.returncode == 0 and "queued" in status.stdout and "0/4" in status.stdout
+
+    rq = shutil.which("rq", path=os.path.dirname(sys.executable)) or "rq"
+    worker = subprocess.run([rq, "worker", "-u", redis_url, "-S", "json", "--burst", f"flateval-{sid}"],
+                            env={**os.environ, "FLATEVAL_AGENT_ENDPOINT": agent.endpoint},
+                            capture_output=True, text=True, timeout=240)
+    assert worker.returncode == 0, worker.stderr
+
+    status = flateval("status", sid, "--redis", redis_url)
+    assert "finished" in status.stdout and "4/4" in status.stdout
+    results = flateval("results", sid, "--redis", redis_url)
+    check_against_direct(json.loads(results.stdout), small_test_set)
+
+
+def test_cancel_removes_queued_episodes(redis_url, redis_conn, small_test_set):
+    sid = flateval("submit", "--redis", redis_url, "--test-set", str(small_test_set)).stdout.strip()
+    done = flateval("cancel", sid, "--redis", redis_url)
+    assert done.returncode == 0, done.stderr
+    assert "4 queued episodes removed" in done.stdout
+    assert redis_conn.llen(f"rq:queue:flateval-{sid}") == 0
+    document = json.loads(flateval("results", sid, "--redis", redis_url).stdout)
+    assert document["status"] == "cancelled" and document["score"]["mean_normalized_return"] is None
+    again = flateval("cancel", sid, "--redis", redis_url)
+    assert again.returncode != 0 and "already ended" in again.stderr
+
+
+def test_generate_test_set(tmp_path):
+    done = flateval("generate-test-set", str(tmp_path / "gen"), "--preset", "small", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "gen" / "metadata.csv").exists()
+    assert sorted(p.relative_to(tmp_path / "gen").as_posix() for p in (tmp_path / "gen").glob("*/*.pkl")) == [
+        "Test_0/Level_0.pkl", "Test_0/Level_1.pkl", "Test_1/Level_0.pkl", "Test_1/Level_1.pkl"]
