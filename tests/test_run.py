@@ -169,3 +169,21 @@ def test_generate_test_set(tmp_path):
     assert (tmp_path / "gen" / "metadata.csv").exists()
     assert sorted(p.relative_to(tmp_path / "gen").as_posix() for p in (tmp_path / "gen").glob("*/*.pkl")) == [
         "Test_0/Level_0.pkl", "Test_0/Level_1.pkl", "Test_1/Level_0.pkl", "Test_1/Level_1.pkl"]
+
+
+def test_episode_command_prints_the_record(small_test_set, start_agent):
+    agent = start_agent(module="agent_bridge.examples.do_nothing")
+    env = small_test_set / "Test_1" / "Level_0.pkl"
+    done = flateval("episode", "--env", str(env), "--agent-endpoint", agent.endpoint, "--json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    expected, _, steps = direct_normalized_return(env)
+    assert (record["env_file"], record["test"], record["level"]) == ("Test_1/Level_0.pkl", 1, 0)
+    assert record["outcome"] == "completed" and record["steps"] == steps
+    assert record["normalized_return"] == pytest.approx(expected, abs=1e-9)
+    for key in ("percentage_complete", "cumulative_reward", "duration_s", "agent_response", "error"):
+        assert key in record
+    human = flateval("episode", "--env", str(env), "--agent-endpoint", agent.endpoint)
+    assert human.returncode == 0 and "completed" in human.stdout
+    missing = flateval("episode", "--env", str(small_test_set / "nope.pkl"), "--agent-endpoint", agent.endpoint)
+    assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0

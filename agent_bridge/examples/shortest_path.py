@@ -289,6 +289,12 @@ class ShortestPath:
                 d = self.graph.distances_to(target).get(self.initial[h], UNREACHABLE) if target else UNREACHABLE
                 return d * steps_per_cell(speeds[h])
             return sorted(handles, key=lambda h: (length(h), departures[h], h))
+        if self.priority == "arrival":
+            def arrival(h: int) -> int:
+                target = self.targets[h]
+                d = self.graph.distances_to(target).get(self.initial[h], UNREACHABLE) if target else UNREACHABLE
+                return departures[h] + d * steps_per_cell(speeds[h])
+            return sorted(handles, key=lambda h: (arrival(h), h))
         return sorted(handles, key=lambda h: (departures[h], h))
 
     # ------------------------------------------------------------------ acting

@@ -1,0 +1,61 @@
+"""Episodes per second of `flateval run` with 1 and 2 worker+agent pairs (do-nothing agent).
+
+Wall time is the results document's `timing.wall_s` (first episode enqueued to last result stored),
+so process start-up is excluded. Rounds alternate 1 and 2 workers; medians are printed.
+
+    python benchmarks/throughput.py [--test-set DIR] [--preset medium] [--rounds 3] [--workers 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from broker.local_run import run_local  # noqa: E402
+from env_worker.flatland_test_set import generate_test_set  # noqa: E402
+from flateval.settings import RunSettings  # noqa: E402
+
+DO_NOTHING = f"{sys.executable} -m agent_bridge.examples.do_nothing"
+
+
+def evaluation_wall_s(test_set: Path, workers: int, agent: str = DO_NOTHING) -> tuple[float, dict]:
+    """`timing.wall_s` of one `flateval run` (start-up excluded), and its results document."""
+    document = run_local(RunSettings(agent_command=agent, test_set=str(test_set), workers=workers))
+    if document["status"] != "finished":
+        raise RuntimeError(f"run ended {document['status']}: {document.get('error')}")
+    return document["timing"]["wall_s"], document
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--test-set", type=Path)
+    parser.add_argument("--preset", default="medium")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        test_set = args.test_set or Path(scratch) / args.preset
+        if args.test_set is None:
+            generate_test_set(test_set, args.preset)
+        walls: dict[int, list[float]] = {w: [] for w in args.workers}
+        for _ in range(args.rounds):
+            for workers in args.workers:
+                wall, document = evaluation_wall_s(test_set, workers)
+                walls[workers].append(wall)
+        episodes, steps = len(document["episodes"]), document["score"]["steps"]
+    print(f"test set: {test_set} ({episodes} episodes, {steps} steps), rounds: {args.rounds}")
+    base = statistics.median(walls[args.workers[0]])
+    for workers in args.workers:
+        wall = statistics.median(walls[workers])
+        print(f"{workers} worker(s): {episodes / wall:7.2f} episodes/s  {steps / wall:8.0f} steps/s  "
+              f"wall {wall:6.2f} s  x{base / wall:.2f} the throughput of {args.workers[0]} worker(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
