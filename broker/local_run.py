@@ -22,12 +22,15 @@ from typing import Callable
 
 import redis
 
-from broker import store, submit
+from rq import Worker
+
+from broker import stop_rules, store, submit
 from broker.embedded_redis import RedisServer, RedisStartError, start_redis
+from broker.plan import make_plan
 from broker.results import results_document
 from broker.test_set import bundled_test_set, discover
-from flateval.settings import EpisodeSpec, RunSettings
-from rq import Worker
+from flateval.challenge import load_challenge
+from flateval.settings import RunSettings
 
 POLL_S = 0.1
 
@@ -134,8 +137,12 @@ def _wait_pairs_ready(cluster: LocalCluster, conn: redis.Redis, queue: str, time
 
 def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], None] | None = None) -> dict:
     """Evaluate one submission on a local cluster; return the results document."""
-    test_set = Path(settings.test_set) if settings.test_set else bundled_test_set()
-    env_files = discover(test_set)
+    challenge = load_challenge(settings.challenge)
+    phase = challenge.phase(settings.phase)
+    test_set = Path(settings.test_set or challenge.test_set or bundled_test_set())
+    plan = make_plan(discover(test_set), phase, challenge=challenge.name, seed=settings.seed,
+                     planning_timeout_s=settings.planning_timeout_s, step_timeout_s=settings.step_timeout_s,
+                     overall_timeout_s=settings.overall_timeout_s)
     cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="flateval-run-")))
     try:
         if settings.redis_url:
@@ -147,20 +154,16 @@ def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], No
                 raise RunError(f"cannot start the embedded Redis: {exc}") from None
             redis_url = cluster.redis_server.url
         conn = connect(redis_url)
-        template = EpisodeSpec(env_path="", env_file="", seed=settings.seed,
-                               planning_timeout_s=settings.planning_timeout_s,
-                               step_timeout_s=settings.step_timeout_s, score_offset=settings.score_offset,
-                               observation_builders=settings.observation_builders)
-        sid = submit.create(conn, env_files, template, test_set=str(test_set),
+        sid = submit.create(conn, plan, test_set=str(test_set),
                             extra={"agent_command": settings.agent_command, "workers": settings.workers})
         queue = store.queue_name(sid)
         _start_pairs(cluster, settings, redis_url, queue)
         _wait_pairs_ready(cluster, conn, queue, settings.agent_startup_timeout_s + 30)
 
-        specs = submit.episode_specs(sid, env_files, template)
+        specs = submit.episode_specs(sid, plan.env_files, plan.template)
         started = time.time()
-        submit.enqueue(conn, sid, specs, job_timeout_s=settings.overall_timeout_s)
-        _follow(conn, sid, cluster, started + settings.overall_timeout_s, on_progress)
+        submit.enqueue(conn, sid, plan, specs)
+        _follow(conn, sid, cluster, started + plan.overall_s, on_progress)
         return results_document(conn, sid)
     finally:
         cluster.stop()
@@ -178,12 +181,10 @@ def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
             on_progress(store.get_results(conn, sid), record["n_episodes"])
         if record["status"] in store.TERMINAL:
             return
-        if time.time() > deadline:
-            store.finalize(conn, sid, store.FAILED, "overall time limit reached")
-            submit.drop_queue(conn, sid)
+        if stop_rules.check_deadline(conn, sid, deadline):
             return
         if all(p.process.poll() is not None for p in cluster.pairs):
             reason = _last_line(cluster.pairs[0].log) or "every worker exited"
-            store.finalize(conn, sid, store.FAILED, f"all workers stopped: {reason}")
+            stop_rules.fail(conn, sid, f"all workers stopped: {reason}")
             return
         time.sleep(POLL_S)  # progress polling of Redis, not a synchronization point

@@ -33,7 +33,10 @@ def results_document(conn: redis.Redis, sid: str) -> dict[str, Any]:
             "last_result_at": last or None,
         },
         "n_episodes": record.get("n_episodes"),
-        "settings": record.get("settings"),
+        "challenge": record.get("challenge"),
+        "phase": record.get("phase"),
+        "stopped_by": record.get("stopped_by"),
+        "settings": {**(record.get("settings") or {}), "phase": record.get("phase")},
         "episodes": episodes,
         "agent_logs": store.get_agent_logs(conn, sid),
     }

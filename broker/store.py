@@ -7,6 +7,8 @@ Keys (documented in docs/architecture.md):
 - ``flateval:submission:<id>:results``      hash: episode index -> result record (JSON); a re-run
                                             replaces the field, so a result is never counted twice
 - ``flateval:submission:<id>:agent_logs``   hash: pair name -> last 10,000 chars of its agent's output
+- ``flateval:submission:<id>:specs``        hash: episode index -> episode spec (JSON), kept only
+                                            when a completion gate releases tests one by one
 - ``rq:queue:flateval-<id>``                the submission's RQ queue (one job per episode)
 
 Status moves ``submitted -> queued -> running -> finished | failed | cancelled``; transitions are
@@ -42,6 +44,10 @@ def agent_logs_key(sid: str) -> str:
     return f"flateval:submission:{sid}:agent_logs"
 
 
+def specs_key(sid: str) -> str:
+    return f"flateval:submission:{sid}:specs"
+
+
 def queue_name(sid: str) -> str:
     return f"flateval-{sid}"
 
@@ -60,14 +66,22 @@ return 0
 
 _RECORD_RESULT = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'finished' or status == 'failed' or status == 'cancelled' then return -1 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if status == 'finished' or status == 'failed' or status == 'cancelled' then return {-1, 0} end
+local fresh = redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'last_result_at', ARGV[3])
+local streak = 0
+if fresh == 1 then
+  if ARGV[4] == 'timeout' then
+    streak = redis.call('HINCRBY', KEYS[1], 'consecutive_timeouts', 1)
+  else
+    redis.call('HSET', KEYS[1], 'consecutive_timeouts', 0)
+  end
+end
 local expected = tonumber(redis.call('HGET', KEYS[1], 'n_episodes'))
 if redis.call('HLEN', KEYS[2]) >= expected and redis.call('HSETNX', KEYS[1], 'finalizing', ARGV[3]) == 1 then
-  return 1
+  return {1, streak}
 end
-return 0
+return {0, streak}
 """
 
 
@@ -97,17 +111,30 @@ def get_submission(conn: redis.Redis, sid: str) -> dict[str, Any] | None:
     for key in ("score", "settings", "episodes_index"):
         if key in record:
             record[key] = json.loads(record[key])
-    for key in ("n_episodes",):
+    for key in ("n_episodes", "released"):
         if key in record:
             record[key] = int(record[key])
+    for key in ("deadline_at", "enqueued_at", "overall_s"):
+        if record.get(key):
+            record[key] = float(record[key])
+    for key in ("max_consecutive_timeouts", "completion_gate"):
+        if key in record:
+            record[key] = None if record[key] == "" else float(record[key])
+    if "tests" in record:
+        record["tests"] = json.loads(record["tests"])
     return record
 
 
-def record_result(conn: redis.Redis, sid: str, index: int, result: dict[str, Any]) -> int:
-    """Store one episode's result idempotently; 1 means this call completed the set (finalize now),
-    -1 that the submission had already ended (the result is dropped)."""
-    return int(conn.eval(_RECORD_RESULT, 2, submission_key(sid), results_key(sid), str(index),
-                         json.dumps(result), _now()))
+def record_result(conn: redis.Redis, sid: str, index: int, result: dict[str, Any]) -> tuple[int, int]:
+    """Store one episode's result idempotently.
+
+    Returns (state, timeout streak): state 1 means this call completed the set (finalize now), -1
+    that the submission had already ended (the result is dropped), else 0. The streak counts
+    timeouts in a row in the order results arrive (a re-delivered result does not count again).
+    """
+    state, streak = conn.eval(_RECORD_RESULT, 2, submission_key(sid), results_key(sid), str(index),
+                              json.dumps(result), _now(), str(result.get("outcome")))
+    return int(state), int(streak)
 
 
 def get_results(conn: redis.Redis, sid: str) -> list[dict[str, Any]]:
@@ -126,7 +153,10 @@ def finalize(conn: redis.Redis, sid: str, status: str = FINISHED, error: str | N
     """Compute the score from the stored results (never from one process's memory) and end the
     submission. A `failed` or `cancelled` submission gets no score."""
     results = get_results(conn, sid)
-    score = aggregate(results) if status == FINISHED else aggregate([])
+    method = conn.hget(submission_key(sid), "aggregation")
+    score = aggregate(results, method.decode() if method else "mean")
+    if status != FINISHED:
+        score.update(mean_normalized_return=None, mean_percentage_complete=None)
     if not transition(conn, sid, status, (SUBMITTED, QUEUED, RUNNING)):
         return False
     fields = {"score": json.dumps(score)}

@@ -1,7 +1,14 @@
-"""Create a submission and fan its episodes out as RQ jobs (one job per episode, JSON-serialized)."""
+"""Create a submission and fan its episodes out as RQ jobs (one job per episode, JSON-serialized).
+
+Without a completion gate every episode is enqueued at once, biggest env files first so that the
+longest episodes do not end up alone at the tail of the run. With a gate, tests are released one at
+a time, in order (`broker.stop_rules` releases the next one when the gate passes).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
 from dataclasses import replace
@@ -12,6 +19,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from broker import store
+from broker.plan import SubmissionPlan
 from broker.test_set import EnvFile
 from flateval.settings import EpisodeSpec
 
@@ -33,34 +41,71 @@ def episode_specs(sid: str, env_files: Sequence[EnvFile], template: EpisodeSpec)
     ]
 
 
-def create(conn: redis.Redis, env_files: Sequence[EnvFile], template: EpisodeSpec, name: str | None = None,
-           test_set: str = "", sid: str | None = None, extra: dict | None = None) -> str:
+def tests_in_order(specs: Sequence[EpisodeSpec]) -> list[list]:
+    """[[test, [episode indices]], ...] in test order: the units the completion gate releases."""
+    order: dict[int | None, list[int]] = {}
+    for spec in specs:
+        order.setdefault(spec.test, []).append(spec.index)
+    return [[test, indices] for test, indices in order.items()]
+
+
+def create(conn: redis.Redis, plan: SubmissionPlan, name: str | None = None, test_set: str = "",
+           sid: str | None = None, extra: dict | None = None) -> str:
     sid = sid or new_submission_id()
+    settings = {k: v for k, v in plan.template.as_dict().items()
+                if k not in ("env_path", "env_file", "test", "level", "episode_id", "submission_id", "index")}
     store.create_submission(conn, sid, {
-        "name": name or sid, "n_episodes": len(env_files), "test_set": test_set,
-        "settings": {k: v for k, v in template.as_dict().items()
-                     if k not in ("env_path", "env_file", "test", "level", "episode_id", "submission_id", "index")},
-        **(extra or {}),
+        "name": name or sid, "n_episodes": len(plan.env_files), "test_set": test_set,
+        "settings": {**settings, "overall_s": plan.overall_s, "aggregation": plan.aggregation,
+                     "max_consecutive_timeouts": plan.max_consecutive_timeouts,
+                     "completion_gate": plan.completion_gate},
+        **plan.record_fields(), **(extra or {}),
     })
     return sid
 
 
-def enqueue(conn: redis.Redis, sid: str, specs: Sequence[EpisodeSpec], job_timeout_s: float) -> Queue:
-    """Put every episode on the submission's queue in one round trip, then mark it queued."""
-    queue = Queue(store.queue_name(sid), connection=conn, serializer=JSONSerializer)
-    jobs = [
-        Queue.prepare_data(JOB_FUNCTION, args=(spec.as_dict(),), job_id=f"flateval-{sid}-{spec.index}",
-                           timeout=int(job_timeout_s) + 60, result_ttl=RESULT_TTL_S, failure_ttl=FAILURE_TTL_S,
-                           description=f"{sid} {spec.env_file}")
-        for spec in specs
-    ]
-    conn.hset(store.submission_key(sid), "enqueued_at", repr(time.time()))
-    queue.enqueue_many(jobs)
+def _job(spec: EpisodeSpec, job_timeout_s: float) -> dict:
+    return Queue.prepare_data(JOB_FUNCTION, args=(spec.as_dict(),), job_id=f"flateval-{spec.submission_id}-{spec.index}",
+                              timeout=int(job_timeout_s) + 60, result_ttl=RESULT_TTL_S, failure_ttl=FAILURE_TTL_S,
+                              description=f"{spec.submission_id} {spec.env_file}")
+
+
+def submission_queue(conn: redis.Redis, sid: str) -> Queue:
+    return Queue(store.queue_name(sid), connection=conn, serializer=JSONSerializer)
+
+
+def enqueue(conn: redis.Redis, sid: str, plan: SubmissionPlan, specs: Sequence[EpisodeSpec]) -> Queue:
+    """Start the submission's clock and put its (first) episodes on its queue, then mark it queued."""
+    queue = submission_queue(conn, sid)
+    now = time.time()
+    fields = {"enqueued_at": repr(now), "deadline_at": repr(now + plan.overall_s)}
+    if plan.completion_gate is None:
+        first = sorted(specs, key=lambda s: -_size(s.env_path))
+    else:
+        tests = tests_in_order(specs)
+        fields.update(tests=json.dumps(tests), released=1)
+        conn.hset(store.specs_key(sid), mapping={str(s.index): json.dumps(s.as_dict()) for s in specs})
+        first = [s for s in specs if s.index in set(tests[0][1])]
+    conn.hset(store.submission_key(sid), mapping=fields)
+    queue.enqueue_many([_job(s, plan.overall_s) for s in first])
     store.transition(conn, sid, store.QUEUED, (store.SUBMITTED,))
     return queue
 
 
+def release(conn: redis.Redis, sid: str, indices: Sequence[int], job_timeout_s: float) -> None:
+    """Enqueue more of a submission's episodes (the gate's next test)."""
+    raw = conn.hmget(store.specs_key(sid), [str(i) for i in indices])
+    specs = [EpisodeSpec.from_dict(json.loads(r)) for r in raw if r]
+    submission_queue(conn, sid).enqueue_many([_job(s, job_timeout_s) for s in specs])
+
+
 def drop_queue(conn: redis.Redis, sid: str) -> int:
     """Remove the submission's queued (not yet started) episode jobs; return how many."""
-    queue = Queue(store.queue_name(sid), connection=conn, serializer=JSONSerializer)
-    return queue.empty()
+    return submission_queue(conn, sid).empty()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

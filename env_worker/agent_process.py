@@ -8,6 +8,7 @@ It never sees Redis credentials: they are stripped from its environment.
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import signal
 import socket
@@ -26,12 +27,23 @@ class AgentStartError(RuntimeError):
     """The agent command did not start, or did not answer the handshake in time."""
 
 
+LISTEN_PORTS = range(20000, 32000)
+"""Below Linux's ephemeral range (32768-60999), so no outgoing connection can be handed the port
+between our probe and the agent's bind (bind(0) would pick from inside that range)."""
+
+
 def free_tcp_endpoint() -> tuple[str, str]:
     """A (bind, connect) endpoint pair on a loopback port that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port}"
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port}"
+    raise AgentStartError("no free loopback port for the agent")
 
 
 def agent_environment(bind: str, base: dict[str, str] | None = None) -> dict[str, str]:

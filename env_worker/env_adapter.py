@@ -26,6 +26,7 @@ class ScoreInputs:
     max_episode_steps: int
     n_agents: int
     n_done: int
+    per_agent_rewards: tuple[float, ...] = ()
 
 
 @dataclass

@@ -7,7 +7,7 @@ The loop stays short on purpose. Metrics, logs and recording hang on it as obser
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from agent_bridge import protocol as wire
 from env_worker.agent_link import AgentFault, AgentLink
@@ -21,21 +21,32 @@ from scoring.episode import (
     ENV_ERROR,
     FAILED_EPISODE_RETURN,
     EpisodeResult,
+    STOPPED,
     ResponseStats,
+    capped_normalized_return,
     normalized_return,
     percentage_complete,
 )
 
 
-def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeObserver] = ()) -> EpisodeResult:
-    """Play one episode against the agent behind `link`; never raises for agent or env faults."""
+class EpisodeStopped(Exception):
+    """The submission ended (cancelled, out of time) while this episode ran."""
+
+
+def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeObserver] = (),
+                stop: Callable[[], str | None] | None = None) -> EpisodeResult:
+    """Play one episode against the agent behind `link`; never raises for agent or env faults.
+
+    `stop` is asked after every step (so it must be cheap): a reason string ends the episode at
+    once with outcome ``stopped``, which no submission ever scores.
+    """
     started = time.perf_counter()
     stats = ResponseStats()
     record = dict(env_file=spec.env_file, test=spec.test, level=spec.level, seed=spec.seed)
     for observer in observers:
         observer.episode_started(spec)
     try:
-        env = FlatlandEnv(spec.env_path, spec.seed, spec.observation_builders)
+        env = FlatlandEnv(spec.env_path, spec.seed, spec.observation_builders, spec.rewards)
     except EnvLoadError as exc:
         return _finish(observers, EpisodeResult(
             **record, outcome=ENV_ERROR, normalized_return=None, percentage_complete=None, steps=0,
@@ -66,6 +77,8 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
                 observer.env_stepped(time.perf_counter() - stepped)
             if out.done or steps >= step_limit:
                 break
+            if stop is not None and (reason := stop()):
+                raise EpisodeStopped(reason)
             reply, took = link.request({
                 "type": wire.STEP, "step": steps, "observations": out.observations,
                 "rewards": out.rewards, "dones": out.dones, "info": out.info}, spec.step_timeout_s)
@@ -73,6 +86,9 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
             _replied(observers, took, "step")
     except AgentFault as exc:
         outcome, error = exc.outcome, f"{exc} (step {steps})"
+        link.notify_aborted(spec.episode_id, error)
+    except EpisodeStopped as exc:
+        outcome, error = STOPPED, f"{exc} (step {steps})"
         link.notify_aborted(spec.episode_id, error)
     except (wire.ProtocolError, ObservationNotAllowed) as exc:
         outcome, error = AGENT_ERROR, f"{exc} (step {steps})"
@@ -82,10 +98,12 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
         link.notify_aborted(spec.episode_id, error)
 
     totals = env.score_inputs()
-    if outcome == COMPLETED:
+    if outcome == COMPLETED and spec.normalization == "flatland":
+        score = capped_normalized_return(list(totals.per_agent_rewards), totals.max_episode_steps, spec.score_offset)
+    elif outcome == COMPLETED:
         score = normalized_return(totals.cumulative_reward, totals.max_episode_steps, totals.n_agents,
                                   spec.score_offset)
-    elif outcome == ENV_ERROR:
+    elif outcome in (ENV_ERROR, STOPPED):
         score = None
     else:
         score = FAILED_EPISODE_RETURN + spec.score_offset

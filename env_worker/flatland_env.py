@@ -93,7 +93,9 @@ class FlatlandEnv:
 
     n_actions = N_ACTIONS
 
-    def __init__(self, path: str | Path, seed: int, allowed_builders: Sequence[str] = OBSERVATION_BUILDERS):
+    def __init__(self, path: str | Path, seed: int, allowed_builders: Sequence[str] = OBSERVATION_BUILDERS,
+                 rewards: str = "DefaultRewards"):
+        from flatland.envs import rewards as flatland_rewards
         from flatland.envs.persistence import RailEnvPersister
 
         self.seed = seed
@@ -102,11 +104,12 @@ class FlatlandEnv:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.env, _ = RailEnvPersister.load_new(str(path))
+                self.env, _ = RailEnvPersister.load_new(str(path), rewards=getattr(flatland_rewards, rewards)())
         except Exception as exc:
             raise EnvLoadError(f"cannot load {Path(path).name}: {type(exc).__name__}: {exc}") from None
         self.n_agents = 0
         self.cumulative_reward = 0.0
+        self.per_agent = np.zeros(0)
 
     # ---------------------------------------------------------------- observation builders
     def use_observation(self, spec: Mapping[str, Any] | None) -> dict:
@@ -138,6 +141,7 @@ class FlatlandEnv:
             raise EnvLoadError(f"cannot reset env: {type(exc).__name__}: {exc}") from None
         self.n_agents = self.env.get_num_agents()
         self.cumulative_reward = 0.0
+        self.per_agent = np.zeros(self.n_agents)
         return self._wire_observations(obs), self._wire_info(info)
 
     def _wire_info(self, info: Mapping[str, Mapping[int, Any]]) -> dict:
@@ -186,8 +190,9 @@ class FlatlandEnv:
 
     def step(self, actions: dict[int, int]) -> StepOutcome:
         obs, rewards, dones, info = self.env.step(actions)
-        reward_list = list(rewards.values())
+        reward_list = [rewards[h] for h in range(self.n_agents)]
         self.cumulative_reward += sum(reward_list)
+        self.per_agent += reward_list
         return StepOutcome(
             observations=self._wire_observations(obs),
             rewards=reward_list,
@@ -204,4 +209,5 @@ class FlatlandEnv:
             max_episode_steps=int(self.env._max_episode_steps),
             n_agents=self.n_agents,
             n_done=sum(1 for a in self.env.agents if a.state == TrainState.DONE),
+            per_agent_rewards=tuple(float(r) for r in self.per_agent),
         )

@@ -1,44 +1,91 @@
 """The RQ job that runs one episode: `run_episode_job(spec)`, enqueued with RQ's JSON serializer.
 
 It runs under `flateval worker` and under a stock ``rq worker -S json`` alike. The result is stored
-in Redis idempotently under (submission, episode index); the job that stores the last result
-finalizes the submission's score from what is stored.
+in Redis idempotently under (submission, episode index); then the stop rules run (the job that
+stores the last result finalizes the score from what is stored).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from rq import get_current_job
 
-from broker import store
+from broker import stop_rules, store
 from env_worker.episode import run_episode
 from env_worker.pairing import paired_agent
 from flateval.settings import EpisodeSpec
+from scoring.episode import STOPPED
 
 TEST_SET_DIR_ENV = "FLATEVAL_TEST_SET_DIR"
 """Where this worker sees the test set, when it is mounted elsewhere than on the submitting host."""
+
+WATCH_INTERVAL_S = 0.25
+"""How often a running episode learns that its submission ended (cancelled, failed): one Redis
+read per interval from a side thread, none per step."""
+
+
+class SubmissionWatch:
+    """Tells the episode loop, at the cost of an attribute read per step, that it should stop."""
+
+    def __init__(self, conn: redis.Redis, sid: str, deadline_at: float | None) -> None:
+        self.conn, self.sid, self.deadline_at = conn, sid, deadline_at
+        self.reason: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"watch-{sid}", daemon=True)
+
+    def __enter__(self) -> "SubmissionWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(WATCH_INTERVAL_S):
+            try:
+                status = self.conn.hget(store.submission_key(self.sid), "status")
+            except redis.RedisError:
+                continue  # Redis away for a moment: keep playing, look again
+            if status is not None and status.decode() in store.TERMINAL:
+                self.reason = f"submission {status.decode()}"
+                return
+
+    def __call__(self) -> str | None:
+        if self.reason is None and self.deadline_at is not None and time.time() > self.deadline_at:
+            self.reason = "overall time limit reached"
+        return self.reason
 
 
 def run_episode_job(spec: dict[str, Any]) -> dict[str, Any]:
     episode = EpisodeSpec.from_dict(spec)
     conn = get_current_job().connection
     sid = episode.submission_id
-    status = conn.hget(store.submission_key(sid), "status")
-    if status is None or status.decode() in store.TERMINAL:
-        return {"skipped": status.decode() if status else "unknown submission"}
+    record = store.get_submission(conn, sid)
+    if record is None or record["status"] in store.TERMINAL:
+        return {"skipped": record["status"] if record else "unknown submission"}
+    if stop_rules.check_deadline(conn, sid, record.get("deadline_at")):
+        return {"skipped": "overall time limit reached"}
     store.transition(conn, sid, store.RUNNING, (store.QUEUED, store.SUBMITTED))
 
     root = os.environ.get(TEST_SET_DIR_ENV)
     if root:
         episode = EpisodeSpec.from_dict({**episode.as_dict(), "env_path": str(Path(root) / episode.env_file)})
     pair = paired_agent()
-    result = run_episode(episode, pair.link, pair.observers)
-    row = {**result.as_dict(), "index": episode.index, "episode_id": episode.episode_id, "worker": pair.name}
-    if store.record_result(conn, sid, episode.index, row) == 1:
-        store.finalize(conn, sid)
+    with SubmissionWatch(conn, sid, record.get("deadline_at")) as watch:
+        result = run_episode(episode, pair.link, pair.observers, stop=watch)
+    if result.outcome == STOPPED:
+        stop_rules.check_deadline(conn, sid, record.get("deadline_at"))
+    else:
+        row = {**result.as_dict(), "index": episode.index, "episode_id": episode.episode_id, "worker": pair.name}
+        state, streak = store.record_result(conn, sid, episode.index, row)
+        stop_rules.after_result(conn, sid, episode.test, state, streak)
     tail = pair.output_tail()
     if tail is not None:
         store.save_agent_log(conn, sid, pair.name, tail)

@@ -35,6 +35,20 @@ def _write_json(document: Any, output: str | None) -> None:
         click.echo(text)
 
 
+def challenge_options(command):
+    """--challenge, --phase and the time-limit overrides, shared by `run` and `submit`."""
+    for option in reversed([
+        click.option("--challenge", help="Challenge YAML file or bundled name (default: neurips2020)."),
+        click.option("--phase", help="Phase of the challenge (default: the challenge's default phase)."),
+        click.option("--planning-timeout", type=float, help="Override: seconds of initial planning."),
+        click.option("--step-timeout", type=float, help="Override: seconds per step."),
+        click.option("--overall-timeout", type=float, help="Override: seconds for the whole evaluation."),
+        click.option("--seed", type=int, default=cfg.DEFAULT_ENV_SEED, show_default=True, help="Env reset seed."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flateval")
 def main() -> None:
@@ -91,27 +105,25 @@ def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_ti
               help="Worker+agent pairs.")
 @click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL; default: an embedded Redis.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results JSON here.")
-@click.option("--seed", type=int, default=cfg.DEFAULT_ENV_SEED, show_default=True, help="Env reset seed.")
-@click.option("--planning-timeout", type=float, default=cfg.DEFAULT_PLANNING_TIMEOUT_S, show_default=True)
-@click.option("--step-timeout", type=float, default=cfg.DEFAULT_STEP_TIMEOUT_S, show_default=True)
-@click.option("--overall-timeout", type=float, default=cfg.DEFAULT_OVERALL_TIMEOUT_S, show_default=True)
+@challenge_options
 @click.option("--agent-startup-timeout", type=float, default=60.0, show_default=True)
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
-        seed: int, planning_timeout: float, step_timeout: float, overall_timeout: float,
-        agent_startup_timeout: float) -> None:
+        challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
+        overall_timeout: float | None, seed: int, agent_startup_timeout: float) -> None:
     """Evaluate an agent on a test set with N worker+agent pairs; print the score."""
     from broker.local_run import RunError, run_local
     from broker.test_set import TestSetError
+    from flateval.challenge import ChallengeError
     from flateval.progress import ProgressView, print_score
 
     settings = cfg.RunSettings(agent_command=agent_command, test_set=test_set, workers=workers, redis_url=redis_url,
-                               output=output, seed=seed, planning_timeout_s=planning_timeout,
-                               step_timeout_s=step_timeout, overall_timeout_s=overall_timeout,
-                               agent_startup_timeout_s=agent_startup_timeout)
+                               output=output, seed=seed, challenge=challenge, phase=phase,
+                               planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
+                               overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout)
     try:
         with ProgressView() as view:
             document = run_local(settings, on_progress=view.update)
-    except (RunError, TestSetError) as exc:
+    except (RunError, TestSetError, ChallengeError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         raise CliError("interrupted; everything started was stopped") from None
@@ -151,29 +163,33 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
 # --------------------------------------------------------------------------------------- submit & co
 @main.command()
 @click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
-@click.option("--test-set", required=True, type=click.Path())
+@click.option("--test-set", type=click.Path(), help="Test set directory; default: the challenge's.")
 @click.option("--name", help="A name for the submission.")
-@click.option("--seed", type=int, default=cfg.DEFAULT_ENV_SEED, show_default=True)
-@click.option("--planning-timeout", type=float, default=cfg.DEFAULT_PLANNING_TIMEOUT_S, show_default=True)
-@click.option("--step-timeout", type=float, default=cfg.DEFAULT_STEP_TIMEOUT_S, show_default=True)
-@click.option("--overall-timeout", type=float, default=cfg.DEFAULT_OVERALL_TIMEOUT_S, show_default=True)
-def submit(redis_url: str | None, test_set: str, name: str | None, seed: int, planning_timeout: float,
-           step_timeout: float, overall_timeout: float) -> None:
+@challenge_options
+def submit(redis_url: str | None, test_set: str | None, name: str | None, challenge: str | None, phase: str | None,
+           planning_timeout: float | None, step_timeout: float | None, overall_timeout: float | None,
+           seed: int) -> None:
     """Enqueue a submission for remote workers; print its id."""
     from broker import submit as submitting
-    from broker.local_run import connect, RunError
+    from broker.local_run import RunError, connect
+    from broker.plan import make_plan
     from broker.test_set import TestSetError, discover
+    from flateval.challenge import ChallengeError, load_challenge
 
     try:
-        env_files = discover(test_set)
+        rules = load_challenge(challenge)
+        chosen = rules.phase(phase)
+        test_set = test_set or rules.test_set
+        if not test_set:
+            raise CliError("give --test-set (the challenge names none)")
+        plan = make_plan(discover(test_set), chosen, challenge=rules.name, seed=seed,
+                         planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
+                         overall_timeout_s=overall_timeout)
         conn = connect(_redis_url(redis_url))
-    except (TestSetError, RunError) as exc:
+    except (TestSetError, RunError, ChallengeError) as exc:
         raise CliError(str(exc)) from None
-    template = cfg.EpisodeSpec(env_path="", env_file="", seed=seed, planning_timeout_s=planning_timeout,
-                               step_timeout_s=step_timeout)
-    sid = submitting.create(conn, env_files, template, name=name, test_set=str(Path(test_set).resolve()),
-                            extra={"overall_timeout_s": overall_timeout})
-    submitting.enqueue(conn, sid, submitting.episode_specs(sid, env_files, template), job_timeout_s=overall_timeout)
+    sid = submitting.create(conn, plan, name=name, test_set=str(Path(test_set).resolve()))
+    submitting.enqueue(conn, sid, plan, submitting.episode_specs(sid, plan.env_files, plan.template))
     click.echo(sid)
 
 
@@ -238,6 +254,30 @@ def cancel(submission_id: str, redis_url: str | None) -> None:
         raise CliError(f"submission {submission_id} has already ended")
     dropped = drop_queue(conn, submission_id)
     click.echo(f"{submission_id} cancelled ({dropped} queued episodes removed)")
+
+
+@main.command()
+@click.argument("results_file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "evalai"]), required=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+@click.option("--split", default=None, help="EvalAI split name (default: the results' phase, else 'test').")
+def export(results_file: str, fmt: str, output: str | None, split: str | None) -> None:
+    """Export a results JSON as flatland's results CSV or EvalAI's result list."""
+    from scoring.export import ExportError, to_csv, to_evalai
+
+    try:
+        document = json.loads(Path(results_file).read_text())
+        text = to_csv(document) if fmt == "csv" else json.dumps(to_evalai(document, split), indent=2) + "\n"
+    except OSError as exc:
+        raise CliError(f"cannot read {results_file}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{results_file} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    except ExportError as exc:
+        raise CliError(f"{results_file}: {exc}") from None
+    if output:
+        Path(output).write_text(text)
+    else:
+        click.echo(text, nl=False)
 
 
 # --------------------------------------------------------------------------------------- test sets

@@ -36,6 +36,8 @@ class EpisodeSpec:
     planning_timeout_s: float = DEFAULT_PLANNING_TIMEOUT_S
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
     score_offset: float = 0.0
+    normalization: str = "seed"  # or "flatland": per-agent returns capped at -max steps first
+    rewards: str = "DefaultRewards"
     observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,7 +59,8 @@ class EpisodeSpec:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How `flateval run` evaluates a submission locally."""
+    """How `flateval run` evaluates a submission locally. Time limits left None come from the
+    challenge phase (default: the bundled neurips2020 challenge, phase round1)."""
 
     agent_command: str
     test_set: str | None = None
@@ -65,9 +68,9 @@ class RunSettings:
     redis_url: str | None = None
     output: str | None = None
     seed: int = DEFAULT_ENV_SEED
-    planning_timeout_s: float = DEFAULT_PLANNING_TIMEOUT_S
-    step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
-    overall_timeout_s: float = DEFAULT_OVERALL_TIMEOUT_S
+    challenge: str | None = None
+    phase: str | None = None
+    planning_timeout_s: float | None = None
+    step_timeout_s: float | None = None
+    overall_timeout_s: float | None = None
     agent_startup_timeout_s: float = 60.0
-    score_offset: float = 0.0
-    observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS

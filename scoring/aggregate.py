@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from statistics import fmean
 from typing import Any, Iterable, Mapping
 
 from scoring.episode import ENV_ERROR, OUTCOMES
 
 
-def aggregate(results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Primary: mean normalized return over the scored episodes; secondary: mean completion.
+AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
 
-    Episodes lost to a broken env file (``env_error``) are the host's fault and count in neither
-    mean; they are reported in `outcomes`. No scored episode means a null score.
+
+def combine(values: list[float], tests: list[Any], method: str = "mean") -> float | None:
+    """The submission's primary number from its episodes' normalized returns."""
+    if not values:
+        return None
+    if method == "sum":
+        return float(sum(values))
+    if method == "mean_of_test_means":
+        by_test: dict[Any, list[float]] = defaultdict(list)
+        for value, test in zip(values, tests):
+            by_test[test].append(value)
+        return fmean(fmean(v) for v in by_test.values())
+    return fmean(values)
+
+
+def aggregate(results: Iterable[Mapping[str, Any]], method: str = "mean") -> dict[str, Any]:
+    """Primary: the normalized returns of the scored episodes, combined by `method` (the key keeps
+    its contract name, `mean_normalized_return`); secondary: mean completion.
+
+    Episodes lost to a broken env file (``env_error``) are the host's fault and count in neither;
+    they are reported in `outcomes`. No scored episode means a null score.
     """
     results = list(results)
     scored = [r for r in results if r.get("outcome") != ENV_ERROR and r.get("normalized_return") is not None]
     outcomes = Counter(r.get("outcome") for r in results)
     return {
-        "mean_normalized_return": fmean(r["normalized_return"] for r in scored) if scored else None,
+        "mean_normalized_return": combine([r["normalized_return"] for r in scored],
+                                          [r.get("test") for r in scored], method),
+        "aggregation": method,
         "mean_percentage_complete": fmean(r["percentage_complete"] or 0.0 for r in scored) if scored else None,
         "episodes": len(results),
         "scored_episodes": len(scored),

@@ -10,6 +10,8 @@ TIMEOUT = "timeout"
 AGENT_ERROR = "agent_error"
 ENV_ERROR = "env_error"
 OUTCOMES = (COMPLETED, TIMEOUT, AGENT_ERROR, ENV_ERROR)
+STOPPED = "stopped"
+"""Not an outcome a submission ever records: the episode was cut because its submission ended."""
 
 FAILED_EPISODE_RETURN = -1.0
 """Normalized return (Round-1 scale) of an episode whose agent missed a deadline or misbehaved."""
@@ -18,6 +20,16 @@ FAILED_EPISODE_RETURN = -1.0
 def normalized_return(cumulative_reward: float, max_episode_steps: int, n_agents: int, offset: float = 0.0) -> float:
     """The seed's formula: reward of all agents / (max steps x agents), plus the phase's offset."""
     return cumulative_reward / (max_episode_steps * n_agents) + offset
+
+
+def capped_normalized_return(per_agent_rewards: "list[float]", max_episode_steps: int, offset: float = 0.0) -> float:
+    """flatland's `Rewards.normalize`: each agent's return capped at -max_episode_steps first.
+
+    flatland adds +1.0 itself; here that is the phase's offset, so both formulas share one scale.
+    """
+    n_agents = len(per_agent_rewards)
+    capped = sum(max(r, -max_episode_steps) for r in per_agent_rewards)
+    return capped / (max_episode_steps * n_agents) + offset
 
 
 def percentage_complete(n_done: int, n_agents: int) -> float:

@@ -5,14 +5,13 @@ Every process a fixture starts is stopped by its own pid (or process group) at t
 
 from __future__ import annotations
 
-import socket
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from env_worker.agent_process import AgentProcess
+from env_worker.agent_process import AgentProcess, free_tcp_endpoint
 from broker.embedded_redis import start_redis
 from env_worker.flatland_test_set import generate_test_set
 
@@ -20,9 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return int(free_tcp_endpoint()[1].rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,9 @@ UNREACHABLE = 1 << 30
 MAX_EXPANSIONS = 200_000
 """A* node budget per train: a train whose route is not found within it stays at home."""
 
+PRIORITIES = ("departure", "shortest", "fastest")
+"""Planning orders tried in `ShortestPath.reset`; the plan that routes the most trains is kept."""
+
 Cell = tuple[int, int]
 State = tuple[int, int, int]  # (row, col, direction the train faces)
 
@@ -225,9 +228,9 @@ def _unwind(parents: dict, node: tuple[Any, int], target: State, arrival: int) -
 class ShortestPath:
     """Send every train along a shortest route to its target; see the module docstring."""
 
-    def __init__(self, plan: bool = True, priority: str = "departure") -> None:
+    def __init__(self, plan: bool = True, priorities: tuple[str, ...] = PRIORITIES) -> None:
         self.plan = plan
-        self.priority = priority
+        self.priorities = tuple(priorities)
         self.graph: RailGraph | None = None
         self.n_agents = 0
         self.initial: list[State] = []
@@ -254,22 +257,15 @@ class ShortestPath:
         departures = [int(x) for x in agents.get("earliest_departure", [0] * n)]
         speeds = [float(x) for x in agents.get("speed", [1.0] * n)]
         horizon = int(env.get("max_episode_steps") or 10_000)
-        booked = Reservations()
-        for h in self._planning_order(departures, speeds):
-            target = self.targets[h]
-            if target is None:
-                continue
-            k = steps_per_cell(speeds[h])
-            # A train turns READY_TO_DEPART in step max(earliest_departure, 1) (the state machine moves
-            # in steps only), and can be on the map one step later.
-            earliest = max(departures[h], 1) + 1
-            route = plan_route(self.graph, self.initial[h], target, earliest, k, horizon, booked)
-            if route is None:
-                continue
-            for state, entered, left in route:
-                booked.hold(state[:2], entered, left)
-            self.routes[h] = route
-            self.progress[h] = -1  # off the map
+        best: tuple | None = None
+        for priority in self.priorities:
+            routes = self._plan(self._planning_order(priority, departures, speeds), departures, speeds, horizon)
+            # Most trains routed first, then the earliest arrivals in total; ties keep the earlier order.
+            key = (-len(routes), sum(route[-1][1] for route in routes.values()))
+            if best is None or key < best[0]:
+                best = (key, routes)
+        self.routes = best[1] if best else {}
+        self.progress = {h: -1 for h in self.routes}  # -1: not on the map yet
         entries = sorted((entered, h, i) for h, route in self.routes.items()
                          for i, (_, entered, _) in enumerate(route))
         for _, h, i in entries:
@@ -279,23 +275,43 @@ class ShortestPath:
             for rank, visit in enumerate(order):
                 self._visit_rank[visit] = rank
 
-    def _planning_order(self, departures: list[int], speeds: list[float]) -> list[int]:
-        handles = range(self.n_agents)
-        if self.priority == "fastest":
-            return sorted(handles, key=lambda h: (-speeds[h], departures[h], h))
-        if self.priority == "shortest":
-            def length(h: int) -> int:
-                target = self.targets[h]
-                d = self.graph.distances_to(target).get(self.initial[h], UNREACHABLE) if target else UNREACHABLE
-                return d * steps_per_cell(speeds[h])
-            return sorted(handles, key=lambda h: (length(h), departures[h], h))
-        if self.priority == "arrival":
-            def arrival(h: int) -> int:
-                target = self.targets[h]
-                d = self.graph.distances_to(target).get(self.initial[h], UNREACHABLE) if target else UNREACHABLE
-                return departures[h] + d * steps_per_cell(speeds[h])
-            return sorted(handles, key=lambda h: (arrival(h), h))
-        return sorted(handles, key=lambda h: (departures[h], h))
+    def _plan(self, order: list[int], departures: list[int], speeds: list[float],
+              horizon: int) -> dict[int, list[tuple[State, int, int]]]:
+        """Route the trains one after another in `order`, each around the ones before it."""
+        booked = Reservations()
+        routes: dict[int, list[tuple[State, int, int]]] = {}
+        for h in order:
+            target = self.targets[h]
+            if target is None:
+                continue
+            # A train turns READY_TO_DEPART in step max(earliest_departure, 1) (the state machine
+            # moves in steps only), and can be on the map one step later.
+            earliest = max(departures[h], 1) + 1
+            route = plan_route(self.graph, self.initial[h], target, earliest, steps_per_cell(speeds[h]),
+                               horizon, booked)
+            if route is None:
+                continue  # no route fits before the episode ends: this train stays at home
+            for state, entered, left in route:
+                booked.hold(state[:2], entered, left)
+            routes[h] = route
+        return routes
+
+    def _planning_order(self, priority: str, departures: list[int], speeds: list[float]) -> list[int]:
+        """The handles in planning order: earlier trains get their pick of the rail."""
+        def travel(h: int) -> int:  # steps of the unobstructed route
+            target = self.targets[h]
+            cells = self.graph.distances_to(target).get(self.initial[h], UNREACHABLE) if target else UNREACHABLE
+            return cells * steps_per_cell(speeds[h])
+
+        if priority == "shortest":
+            return sorted(range(self.n_agents), key=lambda h: (travel(h), departures[h], h))
+        if priority == "fastest":
+            return sorted(range(self.n_agents), key=lambda h: (-speeds[h], departures[h], h))
+        if priority == "arrival":
+            return sorted(range(self.n_agents), key=lambda h: (departures[h] + travel(h), h))
+        if priority == "departure":
+            return sorted(range(self.n_agents), key=lambda h: (departures[h], h))
+        raise ValueError(f"unknown planning priority {priority!r}")
 
     # ------------------------------------------------------------------ acting
     def act(self, observations: Mapping[int, Any], info: Mapping[str, Any]) -> dict:

@@ -1,0 +1,233 @@
+"""Challenge files: every rule of a challenge (phases, time limits, scoring, stop rules) as data.
+
+A challenge is a YAML file validated on load; a bad key or value is one line naming it, e.g.
+``challenge my.yaml: phases.round2.scoring.offset: expected a number, got 'one'``. Phases inherit
+from the file's ``defaults`` section. The bundled default is ``neurips2020`` (flateval/challenges/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from flateval.settings import (
+    DEFAULT_OBSERVATION_BUILDERS,
+    DEFAULT_OVERALL_TIMEOUT_S,
+    DEFAULT_PLANNING_TIMEOUT_S,
+    DEFAULT_STEP_TIMEOUT_S,
+)
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "challenges"
+NORMALIZATIONS = ("seed", "flatland")
+AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
+ENVIRONMENTS = ("flatland",)
+
+
+class ChallengeError(ValueError):
+    """A challenge file that cannot be used; the message is one line naming the bad key."""
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    planning_s: float = DEFAULT_PLANNING_TIMEOUT_S
+    step_s: float = DEFAULT_STEP_TIMEOUT_S
+    overall_s: float = DEFAULT_OVERALL_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Scoring:
+    offset: float = 0.0
+    normalization: str = "seed"  # seed: reward / (max steps x agents); flatland: per-agent capped first
+    rewards: str = "DefaultRewards"  # a class of flatland.envs.rewards
+    aggregation: str = "mean"
+
+
+@dataclass(frozen=True)
+class StopRules:
+    max_consecutive_timeouts: int | None = 10
+    completion_gate: float | None = None  # stop releasing tests after one whose mean completion is below
+
+
+@dataclass(frozen=True)
+class AgentResources:
+    cpu: float = 4.0
+    memory: str = "15Gi"
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    episodes: int | None = None  # None: all; K: the first K in test order
+    time_limits: TimeLimits = field(default_factory=TimeLimits)
+    scoring: Scoring = field(default_factory=Scoring)
+    stop_rules: StopRules = field(default_factory=StopRules)
+    observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS
+    agent_resources: AgentResources = field(default_factory=AgentResources)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    name: str
+    environment: str
+    test_set: str | None
+    default_phase: str
+    phases: dict[str, Phase]
+    source: str = ""
+
+    def phase(self, name: str | None) -> Phase:
+        name = name or self.default_phase
+        if name not in self.phases:
+            raise ChallengeError(f"challenge {self.name}: no phase {name!r} (phases: {', '.join(self.phases)})")
+        return self.phases[name]
+
+
+# ------------------------------------------------------------------------------------ validation
+
+_SECTIONS = {"time_limits": TimeLimits, "scoring": Scoring, "stop_rules": StopRules,
+             "agent_resources": AgentResources}
+
+
+def _number(value: Any, where: str, *, minimum: float | None = None, maximum: float | None = None,
+            positive: bool = False, integer: bool = False, nullable: bool = False) -> Any:
+    if value is None and nullable:
+        return None
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        raise ChallengeError(f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if positive and value <= 0:
+        raise ChallengeError(f"{where}: must be greater than 0, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ChallengeError(f"{where}: must be at least {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ChallengeError(f"{where}: must be at most {maximum}, got {value!r}")
+    return value if integer else float(value)
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ChallengeError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, where: str, known: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ChallengeError(f"{where}: expected a mapping, got {value!r}")
+    for key in value:
+        if key not in known:
+            raise ChallengeError(f"{where + '.' if where else ''}{key}: unknown key (known: {', '.join(known)})")
+    return value
+
+
+def _section(kind: type, raw: Any, where: str, base: Any) -> Any:
+    names = tuple(f.name for f in fields(kind))
+    raw = _mapping(raw, where, names)
+    values = {}
+    for key, value in raw.items():
+        at = f"{where}.{key}"
+        if kind is TimeLimits:
+            values[key] = _number(value, at, positive=True)
+        elif kind is Scoring:
+            if key == "offset":
+                values[key] = _number(value, at)
+            elif key == "normalization":
+                values[key] = _choice(value, at, NORMALIZATIONS)
+            elif key == "aggregation":
+                values[key] = _choice(value, at, AGGREGATIONS)
+            else:
+                values[key] = _rewards_class(value, at)
+        elif kind is StopRules:
+            if key == "max_consecutive_timeouts":
+                values[key] = _number(value, at, integer=True, minimum=1, nullable=True)
+            else:
+                values[key] = _number(value, at, minimum=0.0, maximum=1.0, nullable=True)
+        else:
+            values[key] = _number(value, at, positive=True) if key == "cpu" else _memory(value, at)
+    return replace(base, **values)
+
+
+def _rewards_class(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.isidentifier():
+        raise ChallengeError(f"{where}: expected the name of a flatland rewards class, got {value!r}")
+    from flatland.envs import rewards
+
+    if not isinstance(getattr(rewards, value, None), type):
+        raise ChallengeError(f"{where}: flatland.envs.rewards has no class {value!r}")
+    return value
+
+
+def _memory(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value[:-2].replace(".", "", 1).isdigit() or value[-2:] not in ("Mi", "Gi"):
+        raise ChallengeError(f"{where}: expected a size like '15Gi' or '512Mi', got {value!r}")
+    return value
+
+
+def _phase(name: str, raw: Any, where: str, base: Phase) -> Phase:
+    raw = _mapping(raw if raw is not None else {}, where,
+                   ("episodes", "observation_builders", *(_SECTIONS)))
+    phase = replace(base, name=name)
+    for key, value in raw.items():
+        at = f"{where}.{key}"
+        if key == "episodes":
+            phase = replace(phase, episodes=None if value == "all" else _number(value, at, integer=True, minimum=1))
+        elif key == "observation_builders":
+            if not isinstance(value, list) or not value:
+                raise ChallengeError(f"{at}: expected a non-empty list of builders, got {value!r}")
+            builders = tuple(_choice(v, f"{at}[{i}]", DEFAULT_OBSERVATION_BUILDERS) for i, v in enumerate(value))
+            phase = replace(phase, observation_builders=builders)
+        else:
+            phase = replace(phase, **{key: _section(_SECTIONS[key], value, at, getattr(phase, key))})
+    return phase
+
+
+def parse_challenge(data: Any, source: str = "<challenge>", base_dir: Path | None = None) -> Challenge:
+    try:
+        return _parse(data, base_dir)
+    except ChallengeError as exc:
+        raise ChallengeError(f"challenge {source}: {exc}") from None
+
+
+def _parse(data: Any, base_dir: Path | None) -> Challenge:
+    data = _mapping(data, "", ("name", "environment", "test_set", "default_phase", "defaults", "phases"))
+    for key in ("name", "phases"):
+        if key not in data:
+            raise ChallengeError(f"{key}: required")
+    name = data["name"]
+    if not isinstance(name, str) or not name:
+        raise ChallengeError(f"name: expected a non-empty string, got {name!r}")
+    environment = _choice(data.get("environment", "flatland"), "environment", ENVIRONMENTS)
+    test_set = data.get("test_set")
+    if test_set is not None:
+        if not isinstance(test_set, str):
+            raise ChallengeError(f"test_set: expected a path, got {test_set!r}")
+        test_set = str((base_dir / test_set).resolve()) if base_dir and not Path(test_set).is_absolute() else test_set
+    defaults = _phase("defaults", data.get("defaults"), "defaults", Phase(name="defaults"))
+    phases_raw = data["phases"]
+    if not isinstance(phases_raw, Mapping) or not phases_raw:
+        raise ChallengeError(f"phases: expected a mapping of phase name to phase, got {phases_raw!r}")
+    phases = {str(n): _phase(str(n), raw, f"phases.{n}", defaults) for n, raw in phases_raw.items()}
+    default_phase = data.get("default_phase", next(iter(phases)))
+    if default_phase not in phases:
+        raise ChallengeError(f"default_phase: {default_phase!r} is not one of the phases ({', '.join(phases)})")
+    return Challenge(name, environment, test_set, default_phase, phases)
+
+
+def load_challenge(path_or_name: str | Path | None = None) -> Challenge:
+    """A challenge from a YAML file, or a bundled one by name (default: neurips2020)."""
+    path = Path(path_or_name) if path_or_name else BUNDLED_DIR / "neurips2020.yaml"
+    if not path.exists() and (BUNDLED_DIR / f"{path_or_name}.yaml").exists():
+        path = BUNDLED_DIR / f"{path_or_name}.yaml"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ChallengeError(f"challenge {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ChallengeError(f"challenge {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    challenge = parse_challenge(data, str(path), path.parent)
+    return replace(challenge, source=str(path))

@@ -1,0 +1,62 @@
+"""Results in the shapes others take as they are: flatland's results CSV and EvalAI's result list."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+CSV_COLUMNS = [
+    # flatland-rl's evaluator columns first (FlatlandRemoteEvaluationService's results CSV) ...
+    "test_id", "env_id", "reward", "normalized_reward", "percentage_complete", "steps", "simulation_time",
+    # ... then what flateval knows besides
+    "env_file", "outcome", "n_agents", "max_episode_steps", "seed", "agent_response_mean_s",
+    "agent_response_max_s", "planning_s", "worker", "error",
+]
+
+
+class ExportError(ValueError):
+    """The results document cannot be exported; one line for the user."""
+
+
+def _episodes(document: dict[str, Any]) -> list[dict[str, Any]]:
+    episodes = document.get("episodes")
+    if not isinstance(episodes, list):
+        raise ExportError("not a flateval results document (no 'episodes' list)")
+    return episodes
+
+
+def to_csv(document: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for episode in _episodes(document):
+        response = episode.get("agent_response") or {}
+        writer.writerow({
+            "test_id": f"Test_{episode.get('test')}", "env_id": f"Level_{episode.get('level')}",
+            "reward": episode.get("cumulative_reward"), "normalized_reward": episode.get("normalized_return"),
+            "percentage_complete": episode.get("percentage_complete"), "steps": episode.get("steps"),
+            "simulation_time": episode.get("duration_s"), "env_file": episode.get("env_file"),
+            "outcome": episode.get("outcome"), "n_agents": episode.get("n_agents"),
+            "max_episode_steps": episode.get("max_episode_steps"), "seed": episode.get("seed"),
+            "agent_response_mean_s": response.get("mean_s"), "agent_response_max_s": response.get("max_s"),
+            "planning_s": response.get("planning_s"), "worker": episode.get("worker"),
+            "error": episode.get("error"),
+        })
+    return out.getvalue()
+
+
+def to_evalai(document: dict[str, Any], split: str | None = None) -> list[dict[str, Any]]:
+    """The list EvalAI's submission-update endpoint takes as ``result`` (see docs/evalai.md)."""
+    _episodes(document)
+    score = document.get("score") or {}
+    primary, secondary = score.get("mean_normalized_return"), score.get("mean_percentage_complete")
+    if document.get("status") != "finished" or primary is None:
+        reason = document.get("error") or f"status {document.get('status')}"
+        raise ExportError(f"submission has no score to export ({reason})")
+    split = split or (document.get("settings") or {}).get("phase") or "test"
+    return [{
+        "split": split,
+        "show_to_participant": True,
+        "accuracies": {"mean_normalized_return": float(primary), "percentage_complete": float(secondary or 0.0)},
+    }]
