@@ -163,7 +163,12 @@ def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], No
         specs = submit.episode_specs(sid, plan.env_files, plan.template)
         started = time.time()
         submit.enqueue(conn, sid, plan, specs)
-        _follow(conn, sid, cluster, started + plan.overall_s, on_progress)
+        try:
+            _follow(conn, sid, cluster, started + plan.overall_s, on_progress)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one by the CLI
+            store.finalize(conn, sid, store.CANCELLED, "interrupted")
+            submit.drop_queue(conn, sid)
+            raise
         return results_document(conn, sid)
     finally:
         cluster.stop()

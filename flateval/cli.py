@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ def _write_json(document: Any, output: str | None) -> None:
         Path(output).write_text(text + "\n")
     else:
         click.echo(text)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def challenge_options(command):
@@ -120,13 +125,14 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                                output=output, seed=seed, challenge=challenge, phase=phase,
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                                overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with ProgressView() as view:
             document = run_local(settings, on_progress=view.update)
     except (RunError, TestSetError, ChallengeError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
-        raise CliError("interrupted; everything started was stopped") from None
+        raise CliError("interrupted: the submission is cancelled and everything started was stopped") from None
     print_score(document)
     if output:
         _write_json(document, output)

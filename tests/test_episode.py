@@ -211,3 +211,41 @@ def test_hung_agent_cut_within_50ms_of_deadline(start_agent):
         overshoots.append(time.perf_counter() - started - 0.5)
     link.close()
     assert all(0 <= over < 0.05 for over in overshoots), overshoots
+
+
+RAISE_ONCE = """
+from agent_bridge import serve
+class RaiseOnce:
+    observation = {"builder": "global"}
+    episodes = 0
+    def reset(self, info):
+        self.episodes += 1
+        self.n = info["env"]["n_agents"]
+        self.shape = (info["env"]["height"], info["env"]["width"])
+    def act(self, obs, info):
+        if self.episodes == 1:
+            raise RuntimeError("first episode fails")
+        assert len(obs) == self.n, obs
+        rail, agents, targets = obs[0]
+        assert rail.shape[:2] == self.shape and agents.shape[:2] == self.shape, (rail.shape, self.shape)
+        return {h: 2 for h in range(self.n) if info["action_required"][h]}
+serve(RaiseOnce())
+"""
+
+
+def test_policy_exception_costs_one_episode_and_the_agent_keeps_serving(small_test_set, start_agent):
+    agent = start_agent(script=RAISE_ONCE)
+    link = AgentLink(agent.endpoint)
+    first = run_episode(spec_for(small_test_set), link)
+    assert first.outcome == "agent_error" and "RuntimeError: first episode fails" in first.error
+    second = run_episode(spec_for(small_test_set), link)  # same agent process, global observations
+    assert second.outcome == "completed", second.error
+    assert second.observation == {"builder": "global"}
+    assert agent.alive()
+    link.close()
+
+
+def test_observation_builder_not_allowed_is_an_agent_error(small_test_set, start_agent):
+    agent = start_agent(script=RAISE_ONCE)
+    result = run_episode(spec_for(small_test_set, observation_builders=("none", "tree")), AgentLink(agent.endpoint))
+    assert result.outcome == "agent_error" and "'global' is not allowed" in result.error

@@ -187,3 +187,38 @@ def test_episode_command_prints_the_record(small_test_set, start_agent):
     assert human.returncode == 0 and "completed" in human.stdout
     missing = flateval("episode", "--env", str(small_test_set / "nope.pkl"), "--agent-endpoint", agent.endpoint)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0
+
+
+SLOW = """
+import time
+from agent_bridge import serve
+class Slow:
+    def reset(self, info): pass
+    def act(self, obs, info):
+        time.sleep(0.02)
+        return {}
+serve(Slow())
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_run_cancels_and_stops_everything(sig, small_test_set, tmp_path, redis_url, redis_conn):
+    import signal
+    import time as clock
+
+    token = f"flateval-test-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / f"{token}.py"
+    script.write_text(SLOW)
+    run = subprocess.Popen([*FLATEVAL, "run", "--agent", f"{sys.executable} {script}", "--test-set",
+                            str(small_test_set), "--workers", "2", "--redis", redis_url],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = clock.monotonic() + 60
+    while not redis_conn.keys("flateval:submission:*:results") and clock.monotonic() < deadline:
+        clock.sleep(0.05)  # waiting for the first result to exist before interrupting
+    run.send_signal(getattr(signal, sig))
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode != 0
+    assert stderr.strip().splitlines()[-1].startswith("flateval: interrupted")
+    sid = redis_conn.zrange("flateval:submissions", -1, -1)[0].decode()
+    assert redis_conn.hget(f"flateval:submission:{sid}", "status") == b"cancelled"
+    assert leftover_processes(token) == []
