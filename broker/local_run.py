@@ -26,6 +26,7 @@ from rq import Worker
 
 from broker import stop_rules, store, submit
 from broker.embedded_redis import RedisServer, RedisStartError, start_redis
+from broker.exporter import MULTIPROC_ENV, metrics_registry, serve_metrics
 from broker.plan import make_plan
 from broker.results import results_document
 from broker.test_set import bundled_test_set, discover
@@ -53,9 +54,19 @@ class LocalCluster:
 
     run_dir: Path
     redis_server: RedisServer | None = None
+    metrics_server: object | None = None
     pairs: list[_Pair] = field(default_factory=list)
 
+    @property
+    def metrics_dir(self) -> Path:
+        """Where every worker of this cluster writes its episode metrics (multiprocess mode)."""
+        path = self.run_dir / "metrics"
+        path.mkdir(exist_ok=True)
+        return path
+
     def stop(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         for pair in self.pairs:
             _terminate(pair.process)
             _kill_agent_group(pair.agent_pidfile)
@@ -114,8 +125,9 @@ def _start_pairs(cluster: LocalCluster, settings: RunSettings, redis_url: str, q
                 "--agent-command", settings.agent_command, "--agent-log", str(cluster.run_dir / f"pair-{index}.agent.log"),
                 "--agent-pidfile", str(pidfile), "--name", f"pair-{index}-{queue}",
                 "--startup-timeout", str(settings.agent_startup_timeout_s)]
+        env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir)}
         with open(log, "wb") as out:
-            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
         cluster.pairs.append(_Pair(index, process, log, pidfile))
 
 
@@ -154,6 +166,9 @@ def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], No
                 raise RunError(f"cannot start the embedded Redis: {exc}") from None
             redis_url = cluster.redis_server.url
         conn = connect(redis_url)
+        if settings.metrics_port:
+            server, _ = serve_metrics(settings.metrics_port, metrics_registry(conn, str(cluster.metrics_dir)))
+            cluster.metrics_server = server
         sid = submit.create(conn, plan, test_set=str(test_set),
                             extra={"agent_command": settings.agent_command, "workers": settings.workers})
         queue = store.queue_name(sid)

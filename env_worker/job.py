@@ -18,6 +18,7 @@ from rq import get_current_job
 
 from broker import stop_rules, store
 from env_worker.episode import run_episode
+from env_worker.metrics import metrics_observer
 from env_worker.pairing import paired_agent
 from flateval.settings import EpisodeSpec
 from scoring.episode import STOPPED
@@ -79,7 +80,7 @@ def run_episode_job(spec: dict[str, Any]) -> dict[str, Any]:
         episode = EpisodeSpec.from_dict({**episode.as_dict(), "env_path": str(Path(root) / episode.env_file)})
     pair = paired_agent()
     with SubmissionWatch(conn, sid, record.get("deadline_at")) as watch:
-        result = run_episode(episode, pair.link, pair.observers, stop=watch)
+        result = run_episode(episode, pair.link, [*pair.observers, metrics_observer()], stop=watch)
     if result.outcome == STOPPED:
         stop_rules.check_deadline(conn, sid, record.get("deadline_at"))
     else:

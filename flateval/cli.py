@@ -112,9 +112,10 @@ def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_ti
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results JSON here.")
 @challenge_options
 @click.option("--agent-startup-timeout", type=float, default=60.0, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve the whole local cluster's /metrics here.")
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
         challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
-        overall_timeout: float | None, seed: int, agent_startup_timeout: float) -> None:
+        overall_timeout: float | None, seed: int, agent_startup_timeout: float, metrics_port: int | None) -> None:
     """Evaluate an agent on a test set with N worker+agent pairs; print the score."""
     from broker.local_run import RunError, run_local
     from broker.test_set import TestSetError
@@ -124,7 +125,8 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     settings = cfg.RunSettings(agent_command=agent_command, test_set=test_set, workers=workers, redis_url=redis_url,
                                output=output, seed=seed, challenge=challenge, phase=phase,
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
-                               overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout)
+                               overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout,
+                               metrics_port=metrics_port)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with ProgressView() as view:
@@ -150,20 +152,64 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
 @click.option("--name", help="Worker name (default host:pid).")
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @click.option("--startup-timeout", type=float, default=60.0, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve this worker's /metrics here.")
 def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
            agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
-           startup_timeout: float) -> None:
+           startup_timeout: float, metrics_port: int | None) -> None:
     """Run an env worker paired with one agent."""
-    from env_worker.worker import WorkerStartError, run_worker
-
     if not queues:
         raise CliError("give at least one --queue (a submission's queue is flateval-<submission id>)")
+    if metrics_port:
+        _serve_episode_metrics(metrics_port)
+    from env_worker.worker import WorkerStartError, run_worker
+
     try:
         run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
                    agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
                    pidfile=agent_pidfile)
     except WorkerStartError as exc:
         raise CliError(str(exc)) from None
+
+
+def _serve_episode_metrics(port: int) -> None:
+    """Multiprocess mode must be chosen before prometheus_client is first imported: a stock
+    `rq worker`'s forked horses and this process then write to the same directory."""
+    import tempfile
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="flateval-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from broker.exporter import metrics_registry, serve_metrics
+
+    try:
+        serve_metrics(port, metrics_registry(multiprocess_dir=directory))
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from None
+
+
+@main.command()
+@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL.")
+@click.option("--port", type=click.IntRange(1, 65535), default=9108, show_default=True)
+@click.option("--multiproc-dir", type=click.Path(file_okay=False),
+              help="Also serve the episode metrics written here by workers (PROMETHEUS_MULTIPROC_DIR).")
+def exporter(redis_url: str | None, port: int, multiproc_dir: str | None) -> None:
+    """Serve Redis-derived metrics (queues, workers, submissions) on /metrics."""
+    import threading
+
+    from broker.exporter import metrics_registry, serve_metrics
+
+    conn = _conn(redis_url)
+    try:
+        serve_metrics(port, metrics_registry(conn, multiproc_dir))
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from None
+    click.echo(f"flateval exporter: serving /metrics on :{port}", err=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
 
 
 # --------------------------------------------------------------------------------------- submit & co

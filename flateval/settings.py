@@ -74,3 +74,4 @@ class RunSettings:
     step_timeout_s: float | None = None
     overall_timeout_s: float | None = None
     agent_startup_timeout_s: float = 60.0
+    metrics_port: int | None = None

@@ -42,6 +42,8 @@ DC = (0, 1, 0, -1)  # col delta
 UNREACHABLE = 1 << 30
 MAX_EXPANSIONS = 200_000
 """A* node budget per train: a train whose route is not found within it stays at home."""
+PLANNING_WORK = 10_000_000
+"""A* expansions over all planning orders (roughly 30 s here); further orders are skipped past it."""
 
 PRIORITIES = ("departure", "shortest", "fastest")
 """Planning orders tried in `ShortestPath.reset`; the plan that routes the most trains is kept."""
@@ -137,23 +139,33 @@ class Reservations:
     """
 
     def __init__(self) -> None:
-        self.held: set[tuple[int, int, int]] = set()
+        self.held: dict[Cell, bytearray] = {}  # cell -> one byte per step, 1 where held
 
     def free(self, cell: Cell, first: int, last: int) -> bool:
-        held = self.held
-        return all((cell[0], cell[1], t) not in held for t in range(first, last + 1))
+        steps = self.held.get(cell)
+        if steps is None or first >= len(steps):
+            return True
+        if first == last:
+            return not steps[first]
+        return steps.find(1, first, last + 1) < 0
 
     def hold(self, cell: Cell, first: int, last: int) -> None:
-        for t in range(first, last + 1):
-            self.held.add((cell[0], cell[1], t))
+        steps = self.held.get(cell)
+        if steps is None:
+            steps = self.held[cell] = bytearray(last + 1)
+        elif len(steps) <= last:
+            steps.extend(bytes(last + 1 - len(steps)))
+        steps[first:last + 1] = b"\x01" * (last + 1 - first)
 
 
 def plan_route(graph: RailGraph, start: State, target: Cell, earliest: int, k: int, horizon: int,
-               booked: Reservations) -> list[tuple[State, int, int]] | None:
+               booked: Reservations, work: list[int] | None = None) -> list[tuple[State, int, int]] | None:
     """A* over (state, step): the earliest arrival at `target` around `booked`, or None.
 
-    Returns the route as (state, entered_at, left_at) per cell; the last entry is the target,
-    with left_at == entered_at. A train in a cell can leave it `k` steps after entering, or later.
+    The train enters the map at `start` at step `earliest` or later, and can leave a cell `k` steps
+    after entering it, or later. Returns the route as (state, entered_at, left_at) per cell; the
+    last entry is the target, with left_at == entered_at. When `work` is given, the number of
+    A* expansions is added to ``work[0]``.
     """
     dist = graph.distances_to(target)
     d_start = dist.get(start)
@@ -162,47 +174,49 @@ def plan_route(graph: RailGraph, start: State, target: Cell, earliest: int, k: i
     start_cell = start[:2]
     if start_cell == target:
         return [(start, earliest, earliest)]
-    # Node: (state or None while still off the map, t). On the map, t is the first step the train
-    # may leave its cell; off the map, t is the step it would enter the map.
+    # A node is (state, t): on the map, t is the first step the train may leave its cell; off the
+    # map (state None), t is the step it would enter the map. The heap is ordered by a lower bound
+    # of the arrival step, then later t first (deeper), then insertion order: deterministic.
     heap: list[tuple[int, int, int, Any, int]] = []
     parents: dict[tuple[Any, int], tuple[Any, int] | None] = {}
-    counter = 0
 
     def push(node: tuple[Any, int], parent: tuple[Any, int] | None, arrival_bound: int) -> None:
-        nonlocal counter
         if node in parents or arrival_bound > horizon:
             return
         parents[node] = parent
-        counter += 1
-        heapq.heappush(heap, (arrival_bound, -node[1], counter, node[0], node[1]))
+        heapq.heappush(heap, (arrival_bound, -node[1], len(parents), node[0], node[1]))
 
     push((None, earliest), None, earliest + d_start * k)
     expansions = 0
-    while heap and expansions < MAX_EXPANSIONS:
-        _, _, _, state, t = heapq.heappop(heap)
-        expansions += 1
-        node = (state, t)
-        if state is None:  # off the map: wait another step, or enter at the start cell now
-            push((None, t + 1), node, t + 1 + d_start * k)
-            if booked.free(start_cell, t, t + k - 1):
-                push((start, t + k), node, t + d_start * k)
-            continue
-        r, c, d = state
-        if not booked.free((r, c), t, t):  # we are still here at t: leaving or not
-            continue
-        push((state, t + 1), node, t + 1 + (dist[state] - 1) * k)  # wait one step
-        for o in graph.exits[state]:
-            nxt = (r + DR[o], c + DC[o], o)
-            remaining = dist.get(nxt)
-            if remaining is None:
+    try:
+        while heap and expansions < MAX_EXPANSIONS:
+            _, _, _, state, t = heapq.heappop(heap)
+            expansions += 1
+            node = (state, t)
+            if state is None:  # off the map: wait another step, or enter at the start cell now
+                push((None, t + 1), node, t + 1 + d_start * k)
+                if booked.free(start_cell, t, t + k - 1):
+                    push((start, t + k), node, t + d_start * k)
                 continue
-            if remaining == 0:
-                if booked.free(nxt[:2], t, t):
-                    return _unwind(parents, node, nxt, t)
+            r, c, d = state
+            if not booked.free((r, c), t, t):  # we are still here at step t, leaving or not
                 continue
-            if booked.free(nxt[:2], t, t + k - 1):
-                push((nxt, t + k), node, t + k + (remaining - 1) * k)
-    return None
+            push((state, t + 1), node, t + 1 + (dist[state] - 1) * k)  # wait one step
+            for o in graph.exits[state]:
+                nxt = (r + DR[o], c + DC[o], o)
+                remaining = dist.get(nxt)
+                if remaining is None:
+                    continue
+                if remaining == 0:
+                    if booked.free(nxt[:2], t, t):
+                        return _unwind(parents, node, nxt, t)
+                    continue
+                if booked.free(nxt[:2], t, t + k - 1):
+                    push((nxt, t + k), node, t + k + (remaining - 1) * k)
+        return None
+    finally:
+        if work is not None:
+            work[0] += expansions
 
 
 def _unwind(parents: dict, node: tuple[Any, int], target: State, arrival: int) -> list[tuple[State, int, int]]:
@@ -258,12 +272,17 @@ class ShortestPath:
         speeds = [float(x) for x in agents.get("speed", [1.0] * n)]
         horizon = int(env.get("max_episode_steps") or 10_000)
         best: tuple | None = None
+        work = [0]
         for priority in self.priorities:
-            routes = self._plan(self._planning_order(priority, departures, speeds), departures, speeds, horizon)
+            before = work[0]
+            routes = self._plan(self._planning_order(priority, departures, speeds), departures, speeds,
+                                horizon, work)
             # Most trains routed first, then the earliest arrivals in total; ties keep the earlier order.
             key = (-len(routes), sum(route[-1][1] for route in routes.values()))
             if best is None or key < best[0]:
                 best = (key, routes)
+            if work[0] + (work[0] - before) > PLANNING_WORK:
+                break  # another order would likely take too long (counted, not timed: deterministic)
         self.routes = best[1] if best else {}
         self.progress = {h: -1 for h in self.routes}  # -1: not on the map yet
         entries = sorted((entered, h, i) for h, route in self.routes.items()
@@ -275,8 +294,8 @@ class ShortestPath:
             for rank, visit in enumerate(order):
                 self._visit_rank[visit] = rank
 
-    def _plan(self, order: list[int], departures: list[int], speeds: list[float],
-              horizon: int) -> dict[int, list[tuple[State, int, int]]]:
+    def _plan(self, order: list[int], departures: list[int], speeds: list[float], horizon: int,
+              work: list[int]) -> dict[int, list[tuple[State, int, int]]]:
         """Route the trains one after another in `order`, each around the ones before it."""
         booked = Reservations()
         routes: dict[int, list[tuple[State, int, int]]] = {}
@@ -288,7 +307,7 @@ class ShortestPath:
             # moves in steps only), and can be on the map one step later.
             earliest = max(departures[h], 1) + 1
             route = plan_route(self.graph, self.initial[h], target, earliest, steps_per_cell(speeds[h]),
-                               horizon, booked)
+                               horizon, booked, work)
             if route is None:
                 continue  # no route fits before the episode ends: this train stays at home
             for state, entered, left in route:

@@ -1,0 +1,116 @@
+"""Metrics derived from Redis (queues, workers, submissions), read at scrape time.
+
+`flateval exporter` serves these; `flateval run --metrics-port` serves them together with every
+local worker's episode metrics (prometheus_client's multiprocess files). Reading at scrape time
+means no process has to keep counters in sync with Redis, and nothing is written per step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Iterable
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from rq import Queue, Worker
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from broker import store
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RECENT_S = 3600.0
+"""Finished submissions keep their per-submission score series for this long."""
+
+
+class RedisCollector:
+    """A prometheus collector over flateval's Redis keys and RQ's."""
+
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            yield from self._collect()
+        except redis.RedisError:
+            return  # Redis away: this scrape shows no Redis-derived series, the next one will
+
+    def _collect(self) -> Iterable[GaugeMetricFamily]:
+        conn = self.conn
+        queues = [q for q in Queue.all(connection=conn) if q.name.startswith("flateval-")]
+        jobs = GaugeMetricFamily("flateval_queue_jobs", "Episode jobs in flateval queues, by state.", labels=["state"])
+        jobs.add_metric(["queued"], sum(q.count for q in queues))
+        # cleanup=False: a scrape only reads, it never moves RQ's jobs around
+        jobs.add_metric(["started"], sum(StartedJobRegistry(queue=q).get_job_count(cleanup=False) for q in queues))
+        jobs.add_metric(["failed"], sum(FailedJobRegistry(queue=q).get_job_count(cleanup=False) for q in queues))
+        yield jobs
+
+        workers = GaugeMetricFamily("flateval_workers", "RQ workers, by state.", labels=["state"])
+        states = Counter(w.get_state() for w in Worker.all(connection=conn))
+        workers.add_metric(["busy"], states.get("busy", 0))
+        workers.add_metric(["idle"], sum(n for s, n in states.items() if s != "busy"))
+        yield workers
+
+        sids = [s.decode() for s in conn.zrange(store.SUBMISSIONS, 0, -1)]
+        pipe = conn.pipeline()
+        for sid in sids:
+            pipe.hmget(store.submission_key(sid), "status", "score", "settings", "finished_at", "failed_at",
+                       "cancelled_at")
+        rows = pipe.execute()
+        by_state = Counter()
+        scores = GaugeMetricFamily("flateval_submission_mean_normalized_return",
+                                   "Mean normalized return so far, per running or recently ended submission.",
+                                   labels=["submission"])
+        now = time.time()
+        deadlines = []
+        for sid, (status, score, settings, *ended) in zip(sids, rows):
+            status = status.decode() if status else "unknown"
+            by_state[status] += 1
+            ended_at = max((float(e) for e in ended if e), default=None)
+            recent = status == store.RUNNING or (ended_at is not None and now - ended_at < RECENT_S)
+            if recent and settings:
+                deadlines.append(json.loads(settings).get("step_timeout_s"))
+            if status == store.RUNNING:
+                value = _running_mean(conn, sid)
+            elif status == store.FINISHED and ended_at and now - ended_at < RECENT_S and score:
+                value = json.loads(score).get("mean_normalized_return")
+            else:
+                continue
+            if value is not None:
+                scores.add_metric([sid], value)
+        states_metric = GaugeMetricFamily("flateval_submissions", "Submissions, by state.", labels=["state"])
+        for state in (store.SUBMITTED, store.QUEUED, store.RUNNING, store.FINISHED, store.FAILED, store.CANCELLED):
+            states_metric.add_metric([state], by_state.get(state, 0))
+        yield states_metric
+        yield scores
+        deadlines = [d for d in deadlines if d]
+        if deadlines:
+            yield GaugeMetricFamily("flateval_step_deadline_seconds",
+                                    "Per-step deadline of the running and recently ended submissions (the largest).",
+                                    value=max(deadlines))
+
+
+def _running_mean(conn: redis.Redis, sid: str) -> float | None:
+    values = [json.loads(v).get("normalized_return") for v in conn.hvals(store.results_key(sid))]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def metrics_registry(conn: redis.Redis | None = None, multiprocess_dir: str | None = None) -> CollectorRegistry:
+    """A registry of the Redis-derived metrics and/or the episode metrics written under a dir."""
+    registry = CollectorRegistry()
+    if conn is not None:
+        registry.register(RedisCollector(conn))
+    if multiprocess_dir:
+        MultiProcessCollector(registry, path=multiprocess_dir)
+    return registry
+
+
+def serve_metrics(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0"):
+    """Serve /metrics in a background thread; returns (server, thread)."""
+    return start_http_server(port, addr=addr, registry=registry)
+
+
