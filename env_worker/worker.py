@@ -9,19 +9,61 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
+from broker import store
 from env_worker.agent_process import AgentProcess, AgentStartError
+from env_worker.agent_slots import NoFreeSlot, claim_slot
 from env_worker.flatland_env import warm_up
 from env_worker.pairing import PairedAgent, set_paired_agent
 
 
+IDLE_POLL_S = 0.5
+"""Without --queue: how often an idle worker looks for new submission queues."""
+
+
 class WorkerStartError(RuntimeError):
     pass
+
+
+def _work(conn: redis.Redis, queues: list[str], name: str, burst: bool) -> bool:
+    """Run RQ's in-process worker on `queues`; True if it was asked to stop (SIGTERM/SIGINT)."""
+    worker = SimpleWorker([Queue(q, connection=conn, serializer=JSONSerializer) for q in queues],
+                          connection=conn, serializer=JSONSerializer, name=name)
+    worker.work(burst=burst, logging_level=logging.WARNING, with_scheduler=False)
+    return worker._stop_requested
+
+
+def open_submission_queues(conn: redis.Redis) -> list[str]:
+    """Queues of the submissions still to evaluate, oldest submission first."""
+    sids = [s.decode() for s in conn.zrange(store.SUBMISSIONS, 0, -1)]
+    pipe = conn.pipeline()
+    for sid in sids:
+        pipe.hget(store.submission_key(sid), "status")
+    open_ = [sid for sid, status in zip(sids, pipe.execute()) if status and status.decode() not in store.TERMINAL]
+    return [store.queue_name(sid) for sid in open_]
+
+
+def _follow_submissions(conn: redis.Redis, name: str, burst: bool) -> None:
+    """Work every open submission's queue as submissions come and go (a long-lived cluster worker)."""
+    try:
+        while True:
+            queues = open_submission_queues(conn)
+            if queues and _work(conn, queues, name, burst=True):
+                return
+            if burst:
+                return
+            if not queues:
+                time.sleep(IDLE_POLL_S)  # idle: look for new submissions again
+    except StopRequested:  # RQ's signal handler, still installed between two bursts
+        return
 
 
 def run_worker(
@@ -34,8 +76,27 @@ def run_worker(
     burst: bool = False,
     startup_timeout_s: float = 60.0,
     pidfile: str | None = None,
+    agent_slots: int | None = None,
 ) -> None:
-    """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped."""
+    """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped.
+
+    An `agent_endpoint` with ``{slot}`` in it is a template: the worker claims a free slot in Redis
+    (see `env_worker.agent_slots`) and pairs with that agent.
+    """
+    conn = redis.Redis.from_url(redis_url, health_check_interval=30)
+    try:
+        conn.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise WorkerStartError(f"cannot reach Redis: {exc}") from None
+    lease = None
+    if agent_endpoint and "{slot}" in agent_endpoint:
+        if not agent_slots:
+            raise WorkerStartError("an --agent-endpoint with {slot} needs --agent-slots N")
+        try:
+            lease = claim_slot(conn, agent_slots, name or f"{socket.gethostname()}:{os.getpid()}")
+        except NoFreeSlot as exc:
+            raise WorkerStartError(str(exc)) from None
+        agent_endpoint = agent_endpoint.format(slot=lease.slot)
     process = None
     if agent_command:
         process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
@@ -54,14 +115,12 @@ def run_worker(
             if pidfile:
                 Path(pidfile).write_text(str(process.pid))
         set_paired_agent(pair)
-        conn = redis.Redis.from_url(redis_url, health_check_interval=30)
-        try:
-            conn.ping()
-        except redis.RedisError as exc:
-            raise WorkerStartError(f"cannot reach Redis: {exc}") from None
-        worker = SimpleWorker([Queue(q, connection=conn, serializer=JSONSerializer) for q in queues],
-                              connection=conn, serializer=JSONSerializer, name=pair.name)
-        worker.work(burst=burst, logging_level=logging.WARNING, with_scheduler=False)
+        if queues:
+            _work(conn, queues, pair.name, burst)
+        else:
+            _follow_submissions(conn, pair.name, burst)
     finally:
         set_paired_agent(None)
         pair.close()
+        if lease:
+            lease.release()

@@ -144,7 +144,8 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
 # --------------------------------------------------------------------------------------- worker
 @main.command()
 @click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL.")
-@click.option("--queue", "queues", multiple=True, help="Queue(s) to work; default: all flateval queues given.")
+@click.option("--queue", "queues", multiple=True, envvar="FLATEVAL_QUEUES",
+              help="Queue(s) to work, in priority order (env: FLATEVAL_QUEUES, space-separated).")
 @click.option("--agent-endpoint", envvar=cfg.AGENT_ENDPOINT_ENV, help="The paired agent's endpoint.")
 @click.option("--agent-command", help="Start (and restart after faults) the agent with this shell command.")
 @click.option("--agent-log", type=click.Path(dir_okay=False), help="Where the agent's output goes.")
@@ -152,23 +153,29 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
 @click.option("--name", help="Worker name (default host:pid).")
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @click.option("--startup-timeout", type=float, default=60.0, show_default=True)
-@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve this worker's /metrics here.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), envvar="FLATEVAL_METRICS_PORT",
+              help="Serve this worker's /metrics here.")
+@click.option("--agent-slots", type=click.IntRange(min=1), envvar="FLATEVAL_AGENT_SLOTS",
+              help="With an --agent-endpoint holding {slot}: how many agents there are to claim from.")
 def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
            agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
-           startup_timeout: float, metrics_port: int | None) -> None:
-    """Run an env worker paired with one agent."""
-    if not queues:
-        raise CliError("give at least one --queue (a submission's queue is flateval-<submission id>)")
+           startup_timeout: float, metrics_port: int | None, agent_slots: int | None) -> None:
+    """Run an env worker paired with one agent (without --queue: every open submission's queue)."""
+    queues = tuple(q for item in queues for q in item.split())
     if metrics_port:
         _serve_episode_metrics(metrics_port)
     from env_worker.worker import WorkerStartError, run_worker
 
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the paired agent too, whenever it comes
+
     try:
         run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
                    agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
-                   pidfile=agent_pidfile)
+                   pidfile=agent_pidfile, agent_slots=agent_slots)
     except WorkerStartError as exc:
         raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
 
 
 def _serve_episode_metrics(port: int) -> None:

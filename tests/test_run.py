@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -222,3 +223,23 @@ def test_interrupted_run_cancels_and_stops_everything(sig, small_test_set, tmp_p
     sid = redis_conn.zrange("flateval:submissions", -1, -1)[0].decode()
     assert redis_conn.hget(f"flateval:submission:{sid}", "status") == b"cancelled"
     assert leftover_processes(token) == []
+
+
+def test_worker_without_queue_follows_every_submission(redis_url, redis_conn, small_test_set, tmp_path):
+    first = flateval("submit", "--redis", redis_url, "--test-set", str(small_test_set)).stdout.strip()
+    worker = subprocess.Popen([*FLATEVAL, "worker", "--redis", redis_url, "--agent-command", DO_NOTHING,
+                               "--agent-log", str(tmp_path / "agent.log")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        second = flateval("submit", "--redis", redis_url, "--test-set", str(small_test_set)).stdout.strip()
+        for sid in (first, second):
+            deadline = time.monotonic() + 120
+            while redis_conn.hget(f"flateval:submission:{sid}", "status") != b"finished":
+                assert time.monotonic() < deadline, f"{sid} did not finish"
+                assert worker.poll() is None, worker.stderr.read()
+                time.sleep(0.1)  # polling the submission's state in Redis
+    finally:
+        worker.terminate()
+        _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
+    assert "Traceback" not in stderr

@@ -15,12 +15,16 @@ Two ways to drive the trains:
   Trains meeting head-on on a single track then block each other for good (a deadlock), which is
   how most of its trains are lost.
 * ``ShortestPath()`` (the default): the same shortest-path idea in space and time. In ``reset``,
-  trains are routed one after another (earliest departure first) by an A* search over
-  (cell, direction, time), around the cells the trains before them already hold, with waits
-  allowed. In ``act`` the plan is followed by *order*, not by clock: a train enters a cell only
-  once every train planned through that cell before it has left it. Delays (a malfunction, a late
-  start) then only make trains wait; they cannot deadlock, as the order comes from one
-  conflict-free plan. A train for which no route fits in the episode stays at home.
+  trains are routed one after another by an A* search over (cell, direction, step), around the
+  cells the trains before them already hold, with waits allowed (prioritised planning). A few
+  orders are tried (earliest departure, shortest trip, fastest train first) and the plan routing
+  the most trains is kept. In ``act`` the plan is followed by *order*, not by clock: a train
+  enters a cell only once every train planned through that cell before it has left it. Delays
+  (a malfunction) then only make trains wait; they cannot deadlock, since the order comes from
+  one conflict-free plan. A train for which no route fits in the episode stays at home.
+
+Everything is deterministic: same episode, same actions. Planning effort is bounded by counted
+A* expansions, never by the clock.
 """
 
 from __future__ import annotations
@@ -326,8 +330,6 @@ class ShortestPath:
             return sorted(range(self.n_agents), key=lambda h: (travel(h), departures[h], h))
         if priority == "fastest":
             return sorted(range(self.n_agents), key=lambda h: (-speeds[h], departures[h], h))
-        if priority == "arrival":
-            return sorted(range(self.n_agents), key=lambda h: (departures[h] + travel(h), h))
         if priority == "departure":
             return sorted(range(self.n_agents), key=lambda h: (departures[h], h))
         raise ValueError(f"unknown planning priority {priority!r}")
@@ -344,6 +346,7 @@ class ShortestPath:
         return self._greedy(states, required, positions, directions)
 
     def _greedy(self, states, required, positions, directions) -> dict:
+        """Every train out by the exit nearest its target; no care for the other trains."""
         actions: dict[int, int] = {}
         for h in range(self.n_agents):
             if states[h] == DONE or self.targets[h] is None:
@@ -381,6 +384,14 @@ class ShortestPath:
         return True
 
     def _follow_plan(self, states, required, positions, directions) -> dict:
+        """Move along the planned routes, holding a train back while its next cell is not its turn.
+
+        On-map trains get their move at every step, not only when ``action_required``: flatland
+        reads the action every step, and a train left STOPPED inside a cell (after a malfunction,
+        say) reports ``action_required`` False yet restarts only on a move action, so an agent
+        that waits for ``action_required`` strands it there. STOP_MOVING is sent only at a cell's
+        exit point (``action_required``), where holding back means waiting for the next cell.
+        """
         for h in self.routes:
             self._update_progress(h, states[h], positions[h])
         actions: dict[int, int] = {}
