@@ -22,9 +22,7 @@ from typing import Callable
 
 import redis
 
-from rq import Worker
-
-from broker import stop_rules, store, submit
+from broker import connection, reaper, stop_rules, store, submit
 from broker.embedded_redis import RedisServer, RedisStartError, start_redis
 from broker.exporter import MULTIPROC_ENV, metrics_registry, serve_metrics
 from broker.plan import make_plan
@@ -34,6 +32,8 @@ from flateval.challenge import load_challenge
 from flateval.settings import RunSettings
 
 POLL_S = 0.1
+REAP_EVERY_S = 1.0
+MAX_RESPAWNS = 5
 
 
 class RunError(RuntimeError):
@@ -46,6 +46,7 @@ class _Pair:
     process: subprocess.Popen
     log: Path
     agent_pidfile: Path
+    generation: int = 0
 
 
 @dataclass
@@ -94,19 +95,10 @@ def _kill_agent_group(pidfile: Path) -> None:
 
 
 def connect(url: str) -> redis.Redis:
-    conn = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
     try:
-        conn.ping()
-    except (redis.RedisError, OSError) as exc:
-        raise RunError(f"cannot reach Redis at {_redact(url)}: {exc}") from None
-    return conn
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+        return connection.connect(url)
+    except connection.RedisUnreachable as exc:
+        raise RunError(str(exc)) from None
 
 
 def _last_line(path: Path) -> str:
@@ -117,34 +109,50 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def _spawn_pair(cluster: LocalCluster, settings: RunSettings, redis_url: str, queue: str, index: int,
+                generation: int = 0) -> _Pair:
+    """One `flateval worker` that starts and supervises one agent; it writes the agent's pid to
+    its pidfile once the agent answered its handshake (our readiness signal)."""
+    tag = f"pair-{index}" + (f"-r{generation}" if generation else "")
+    log = cluster.run_dir / f"{tag}.worker.log"
+    pidfile = cluster.run_dir / f"{tag}.agent.pid"
+    args = [sys.executable, "-m", "flateval", "worker", "--redis", redis_url, "--queue", queue,
+            "--agent-command", settings.agent_command, "--agent-log", str(cluster.run_dir / f"pair-{index}.agent.log"),
+            "--agent-pidfile", str(pidfile), "--name", f"{tag}-{queue}",
+            "--startup-timeout", str(settings.agent_startup_timeout_s)]
+    env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir)}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return _Pair(index, process, log, pidfile, generation)
+
+
 def _start_pairs(cluster: LocalCluster, settings: RunSettings, redis_url: str, queue: str) -> None:
     for index in range(settings.workers):
-        log = cluster.run_dir / f"pair-{index}.worker.log"
-        pidfile = cluster.run_dir / f"pair-{index}.agent.pid"
-        args = [sys.executable, "-m", "flateval", "worker", "--redis", redis_url, "--queue", queue,
-                "--agent-command", settings.agent_command, "--agent-log", str(cluster.run_dir / f"pair-{index}.agent.log"),
-                "--agent-pidfile", str(pidfile), "--name", f"pair-{index}-{queue}",
-                "--startup-timeout", str(settings.agent_startup_timeout_s)]
-        env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir)}
-        with open(log, "wb") as out:
-            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-        cluster.pairs.append(_Pair(index, process, log, pidfile))
+        cluster.pairs.append(_spawn_pair(cluster, settings, redis_url, queue, index))
 
 
-def _wait_pairs_ready(cluster: LocalCluster, conn: redis.Redis, queue: str, timeout_s: float) -> None:
+def _wait_pairs_ready(cluster: LocalCluster, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    names = {f"pair-{p.index}-{queue}" for p in cluster.pairs}
     while True:
         for pair in cluster.pairs:
             if pair.process.poll() is not None:
                 reason = _last_line(pair.log) or f"worker exited with code {pair.process.returncode}"
                 raise RunError(reason.removeprefix("flateval: "))
-        registered = {w.name for w in Worker.all(connection=conn)}
-        if names <= registered:
+        if all(pair.agent_pidfile.exists() for pair in cluster.pairs):
             return
         if time.monotonic() > deadline:
             raise RunError(f"agents did not become ready within {timeout_s:g} s")
-        time.sleep(POLL_S)  # polling child processes and Redis for readiness
+        time.sleep(POLL_S)  # polling child processes for readiness
+
+
+def _respawn_dead_pairs(cluster: LocalCluster, settings: RunSettings, redis_url: str, queue: str) -> None:
+    """A worker that died (killed, crashed) is replaced, agent and all; its episode is re-run by
+    the reaper. A pair that keeps dying is given up after `MAX_RESPAWNS`."""
+    for i, pair in enumerate(cluster.pairs):
+        if pair.process.poll() is None or pair.generation >= MAX_RESPAWNS:
+            continue
+        _kill_agent_group(pair.agent_pidfile)
+        cluster.pairs[i] = _spawn_pair(cluster, settings, redis_url, queue, pair.index, pair.generation + 1)
 
 
 def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], None] | None = None) -> dict:
@@ -173,13 +181,14 @@ def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], No
                             extra={"agent_command": settings.agent_command, "workers": settings.workers})
         queue = store.queue_name(sid)
         _start_pairs(cluster, settings, redis_url, queue)
-        _wait_pairs_ready(cluster, conn, queue, settings.agent_startup_timeout_s + 30)
+        _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
 
         specs = submit.episode_specs(sid, plan.env_files, plan.template)
         started = time.time()
         submit.enqueue(conn, sid, plan, specs)
         try:
-            _follow(conn, sid, cluster, started + plan.overall_s, on_progress)
+            _follow(conn, sid, cluster, started + plan.overall_s, on_progress,
+                    respawn=lambda: _respawn_dead_pairs(cluster, settings, redis_url, queue))
         except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one by the CLI
             store.finalize(conn, sid, store.CANCELLED, "interrupted")
             submit.drop_queue(conn, sid)
@@ -190,9 +199,11 @@ def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], No
 
 
 def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
-            on_progress: Callable[[list[dict], int], None] | None) -> None:
-    """Watch the submission until it ends; fail it when its time runs out or every pair died."""
+            on_progress: Callable[[list[dict], int], None] | None, respawn: Callable[[], None]) -> None:
+    """Watch the submission until it ends; keep its pairs alive and re-run dead workers' episodes;
+    fail it when its time runs out or its pairs cannot be kept alive."""
     seen = -1
+    reaped_at = 0.0
     while True:
         record = store.get_submission(conn, sid)
         count = store.count_results(conn, sid)
@@ -203,8 +214,12 @@ def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
             return
         if stop_rules.check_deadline(conn, sid, deadline):
             return
+        respawn()
         if all(p.process.poll() is not None for p in cluster.pairs):
             reason = _last_line(cluster.pairs[0].log) or "every worker exited"
             stop_rules.fail(conn, sid, f"all workers stopped: {reason}")
             return
+        if time.monotonic() - reaped_at > REAP_EVERY_S:
+            reaper.requeue_orphans(conn, sid)
+            reaped_at = time.monotonic()
         time.sleep(POLL_S)  # progress polling of Redis, not a synchronization point

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from broker import stop_rules, store
+from broker import reaper, stop_rules, store
 from env_worker.episode import run_episode
 from env_worker.metrics import metrics_observer
 from env_worker.pairing import paired_agent
@@ -32,15 +32,19 @@ read per interval from a side thread, none per step."""
 
 
 class SubmissionWatch:
-    """Tells the episode loop, at the cost of an attribute read per step, that it should stop."""
+    """A side thread for one running episode: it renews the episode's lease (so reapers know this
+    worker is alive) and tells the loop, at the cost of an attribute read per step, to stop when
+    the submission ended."""
 
-    def __init__(self, conn: redis.Redis, sid: str, deadline_at: float | None) -> None:
+    def __init__(self, conn: redis.Redis, sid: str, deadline_at: float | None, job_id: str, owner: str) -> None:
         self.conn, self.sid, self.deadline_at = conn, sid, deadline_at
+        self.job_id, self.owner = job_id, owner
         self.reason: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"watch-{sid}", daemon=True)
 
     def __enter__(self) -> "SubmissionWatch":
+        reaper.take_lease(self.conn, self.job_id, self.owner)
         self._thread.start()
         return self
 
@@ -49,14 +53,17 @@ class SubmissionWatch:
         self._thread.join()
 
     def _watch(self) -> None:
+        renewed = time.monotonic()
         while not self._done.wait(WATCH_INTERVAL_S):
             try:
+                if time.monotonic() - renewed >= reaper.RENEW_S:
+                    reaper.take_lease(self.conn, self.job_id, self.owner)
+                    renewed = time.monotonic()
                 status = self.conn.hget(store.submission_key(self.sid), "status")
             except redis.RedisError:
                 continue  # Redis away for a moment: keep playing, look again
-            if status is not None and status.decode() in store.TERMINAL:
+            if status is not None and status.decode() in store.TERMINAL and self.reason is None:
                 self.reason = f"submission {status.decode()}"
-                return
 
     def __call__(self) -> str | None:
         if self.reason is None and self.deadline_at is not None and time.time() > self.deadline_at:
@@ -79,7 +86,8 @@ def run_episode_job(spec: dict[str, Any]) -> dict[str, Any]:
     if root:
         episode = EpisodeSpec.from_dict({**episode.as_dict(), "env_path": str(Path(root) / episode.env_file)})
     pair = paired_agent()
-    with SubmissionWatch(conn, sid, record.get("deadline_at")) as watch:
+    job_id = get_current_job().id
+    with SubmissionWatch(conn, sid, record.get("deadline_at"), job_id, pair.name) as watch:
         result = run_episode(episode, pair.link, [*pair.observers, metrics_observer()], stop=watch)
     if result.outcome == STOPPED:
         stop_rules.check_deadline(conn, sid, record.get("deadline_at"))
@@ -87,6 +95,7 @@ def run_episode_job(spec: dict[str, Any]) -> dict[str, Any]:
         row = {**result.as_dict(), "index": episode.index, "episode_id": episode.episode_id, "worker": pair.name}
         state, streak = store.record_result(conn, sid, episode.index, row)
         stop_rules.after_result(conn, sid, episode.test, state, streak)
+    reaper.drop_lease(conn, job_id)
     tail = pair.output_tail()
     if tail is not None:
         store.save_agent_log(conn, sid, pair.name, tail)

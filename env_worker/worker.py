@@ -12,13 +12,15 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 import redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
-from broker import store
+from broker import reaper, store
+from broker.connection import RedisUnreachable, connect
 from env_worker.agent_process import AgentProcess, AgentStartError
 from env_worker.agent_slots import NoFreeSlot, claim_slot
 from env_worker.flatland_env import warm_up
@@ -51,17 +53,21 @@ def open_submission_queues(conn: redis.Redis) -> list[str]:
     return [store.queue_name(sid) for sid in open_]
 
 
-def _follow_submissions(conn: redis.Redis, name: str, burst: bool) -> None:
-    """Work every open submission's queue as submissions come and go (a long-lived cluster worker)."""
+def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], name: str, burst: bool) -> None:
+    """Work the queues in bursts, and between bursts re-run the episodes of dead workers.
+
+    Without --queue, `queues` follows every open submission as submissions come and go (a
+    long-lived cluster worker); with it, the loop still wakes up to reap while idle.
+    """
     try:
         while True:
-            queues = open_submission_queues(conn)
-            if queues and _work(conn, queues, name, burst=True):
+            names = queues()
+            reaper.reap_open_submissions(conn, [q.removeprefix("flateval-") for q in names])
+            if names and _work(conn, names, name, burst=True):
                 return
             if burst:
                 return
-            if not queues:
-                time.sleep(IDLE_POLL_S)  # idle: look for new submissions again
+            time.sleep(IDLE_POLL_S)  # idle: look for new submissions and orphaned episodes again
     except StopRequested:  # RQ's signal handler, still installed between two bursts
         return
 
@@ -83,11 +89,10 @@ def run_worker(
     An `agent_endpoint` with ``{slot}`` in it is a template: the worker claims a free slot in Redis
     (see `env_worker.agent_slots`) and pairs with that agent.
     """
-    conn = redis.Redis.from_url(redis_url, health_check_interval=30)
     try:
-        conn.ping()
-    except (redis.RedisError, OSError) as exc:
-        raise WorkerStartError(f"cannot reach Redis: {exc}") from None
+        conn = connect(redis_url)
+    except RedisUnreachable as exc:
+        raise WorkerStartError(str(exc)) from None
     lease = None
     if agent_endpoint and "{slot}" in agent_endpoint:
         if not agent_slots:
@@ -115,10 +120,8 @@ def run_worker(
             if pidfile:
                 Path(pidfile).write_text(str(process.pid))
         set_paired_agent(pair)
-        if queues:
-            _work(conn, queues, pair.name, burst)
-        else:
-            _follow_submissions(conn, pair.name, burst)
+        fixed = list(queues)
+        _work_loop(conn, (lambda: fixed) if fixed else (lambda: open_submission_queues(conn)), pair.name, burst)
     finally:
         set_paired_agent(None)
         pair.close()

@@ -1,0 +1,78 @@
+"""Re-run the episodes of workers that died mid-episode, within seconds rather than RQ's minutes.
+
+A running episode job holds a lease (``flateval:lease:<job id>``, a few seconds long) that its
+worker renews from a side thread. A job in RQ's started registry whose lease has run out belongs to
+a dead worker (SIGKILL, OOM, a lost node): the reaper puts it back on its queue. Results are stored
+idempotently per episode, so a job re-run (or, in a race, run twice) is still scored exactly once.
+
+Reapers run where someone is watching anyway: `flateval run`'s follower, and every worker between
+jobs and while idle.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from broker import store, submit
+
+LEASE_S = 10
+"""A dead worker's episode is requeued this long after its last renewal, at the latest."""
+RENEW_S = 2.0
+START_GRACE_S = 5.0
+"""A job RQ just marked started may not have taken its lease yet."""
+
+
+def lease_key(job_id: str) -> str:
+    return f"flateval:lease:{job_id}"
+
+
+def take_lease(conn: redis.Redis, job_id: str, owner: str) -> None:
+    conn.set(lease_key(job_id), owner, ex=LEASE_S)
+
+
+def drop_lease(conn: redis.Redis, job_id: str) -> None:
+    conn.delete(lease_key(job_id))
+
+
+def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
+    """Put the submission's episodes whose worker died back on its queue; return their job ids."""
+    queue = submit.submission_queue(conn, sid)
+    registry = StartedJobRegistry(queue=queue)
+    requeued = []
+    now = datetime.now(timezone.utc)
+    for job_id in registry.get_job_ids(cleanup=False):
+        if conn.exists(lease_key(job_id)):
+            continue
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            registry.remove(job_id)
+            continue
+        started = job.started_at.replace(tzinfo=timezone.utc) if job.started_at else None
+        if started is not None and (now - started).total_seconds() < START_GRACE_S:
+            continue
+        if not conn.set(f"flateval:reaped:{job_id}:{job.started_at}", 1, nx=True, ex=60):
+            continue  # another reaper got there first
+        registry.remove(job, delete_job=False)
+        queue.enqueue_job(job)
+        requeued.append(job_id)
+    return requeued
+
+
+def reap_open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[str]:
+    """`requeue_orphans` over the given (default: every open) submission."""
+    if sids is None:
+        sids = [s.decode() for s in conn.zrange(store.SUBMISSIONS, 0, -1)]
+    requeued = []
+    for sid in sids:
+        status = conn.hget(store.submission_key(sid), "status")
+        if status is not None and status.decode() not in store.TERMINAL:
+            requeued += requeue_orphans(conn, sid)
+    return requeued
+
