@@ -14,6 +14,8 @@ from agent_bridge import protocol as wire
 
 DEFAULT_ENDPOINT = "tcp://*:8086"
 BIND_ENV = "FLATEVAL_AGENT_BIND"
+CURVE_SECRET_ENV = "FLATEVAL_CURVE_SECRET_KEY"
+"""The agent's CURVE secret key (Z85); when set, the agent only talks CurveZMQ-encrypted."""
 SPIN_ENV = "FLATEVAL_SPIN_US"
 """Microseconds to busy-wait for the next request after replying (0: block at once). Set by
 `flateval run` when every process of a pair has a core of its own."""
@@ -134,12 +136,17 @@ def serve(
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)
+    secret = os.environ.get(CURVE_SECRET_ENV)
+    if secret:
+        sock.curve_secretkey = secret.encode()
+        sock.curve_publickey = zmq.curve_public(secret.encode())
+        sock.curve_server = True
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         raise SystemExit(f"agent: cannot bind {endpoint}: {exc}") from None
-    log(f"serving on {endpoint}")
+    log(f"serving on {endpoint}" + (" (CurveZMQ)" if secret else ""))
     session = _Session(policy, name, log)
     served = 0
     try:

@@ -46,7 +46,9 @@ class RedisServer:
     def pid(self) -> int:
         return self.process.pid
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        """Stop the server (SIGTERM: it writes its append-only file); drop its directory unless
+        `keep_data` (a restart on the same directory then finds its data)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -54,7 +56,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def start_redis(

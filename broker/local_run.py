@@ -119,7 +119,7 @@ def _spawn_pair(cluster: LocalCluster, settings: RunSettings, redis_url: str, qu
     args = [sys.executable, "-m", "flateval", "worker", "--redis", redis_url, "--queue", queue,
             "--agent-command", settings.agent_command, "--agent-log", str(cluster.run_dir / f"pair-{index}.agent.log"),
             "--agent-pidfile", str(pidfile), "--name", f"{tag}-{queue}",
-            "--startup-timeout", str(settings.agent_startup_timeout_s)]
+            "--startup-timeout", str(settings.agent_startup_timeout_s)] + (["--curve"] if settings.curve else [])
     env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir)}
     with open(log, "wb") as out:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -19,7 +19,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from broker import store, submit
+from broker import store
 
 LEASE_S = 10
 """A dead worker's episode is requeued this long after its last renewal, at the latest."""
@@ -42,24 +42,26 @@ def drop_lease(conn: redis.Redis, job_id: str) -> None:
 
 def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
     """Put the submission's episodes whose worker died back on its queue; return their job ids."""
-    queue = submit.submission_queue(conn, sid)
+    queue = store.submission_queue(conn, sid)
     registry = StartedJobRegistry(queue=queue)
     requeued = []
     now = datetime.now(timezone.utc)
-    for job_id in registry.get_job_ids(cleanup=False):
+    for raw in conn.zrange(registry.key, 0, -1):
+        entry = raw.decode()
+        job_id = entry.split(":", 1)[0]  # RQ 2 keeps "<job id>:<execution id>"; RQ 1 the job id
         if conn.exists(lease_key(job_id)):
             continue
         try:
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
         except NoSuchJobError:
-            registry.remove(job_id)
+            conn.zrem(registry.key, entry)
             continue
         started = job.started_at.replace(tzinfo=timezone.utc) if job.started_at else None
         if started is not None and (now - started).total_seconds() < START_GRACE_S:
             continue
         if not conn.set(f"flateval:reaped:{job_id}:{job.started_at}", 1, nx=True, ex=60):
             continue  # another reaper got there first
-        registry.remove(job, delete_job=False)
+        conn.zrem(registry.key, entry)
         queue.enqueue_job(job)
         requeued.append(job_id)
     return requeued

@@ -22,6 +22,8 @@ import time
 from typing import Any, Iterable
 
 import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
 
 from scoring.aggregate import aggregate
 
@@ -50,6 +52,11 @@ def specs_key(sid: str) -> str:
 
 def queue_name(sid: str) -> str:
     return f"flateval-{sid}"
+
+
+def submission_queue(conn: redis.Redis, sid: str) -> Queue:
+    """The submission's RQ queue (JSON-serialized jobs, never pickle)."""
+    return Queue(queue_name(sid), connection=conn, serializer=JSONSerializer)
 
 
 _TRANSITION = """

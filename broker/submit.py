@@ -16,9 +16,9 @@ from typing import Sequence
 
 import redis
 from rq import Queue
-from rq.serializers import JSONSerializer
 
 from broker import store
+from broker.cleanup import cleanup_ended
 from broker.plan import SubmissionPlan
 from broker.test_set import EnvFile
 from flateval.settings import EpisodeSpec
@@ -51,6 +51,7 @@ def tests_in_order(specs: Sequence[EpisodeSpec]) -> list[list]:
 
 def create(conn: redis.Redis, plan: SubmissionPlan, name: str | None = None, test_set: str = "",
            sid: str | None = None, extra: dict | None = None) -> str:
+    cleanup_ended(conn)
     sid = sid or new_submission_id()
     settings = {k: v for k, v in plan.template.as_dict().items()
                 if k not in ("env_path", "env_file", "test", "level", "episode_id", "submission_id", "index")}
@@ -70,13 +71,9 @@ def _job(spec: EpisodeSpec, job_timeout_s: float) -> dict:
                               description=f"{spec.submission_id} {spec.env_file}")
 
 
-def submission_queue(conn: redis.Redis, sid: str) -> Queue:
-    return Queue(store.queue_name(sid), connection=conn, serializer=JSONSerializer)
-
-
 def enqueue(conn: redis.Redis, sid: str, plan: SubmissionPlan, specs: Sequence[EpisodeSpec]) -> Queue:
     """Start the submission's clock and put its (first) episodes on its queue, then mark it queued."""
-    queue = submission_queue(conn, sid)
+    queue = store.submission_queue(conn, sid)
     now = time.time()
     fields = {"enqueued_at": repr(now), "deadline_at": repr(now + plan.overall_s)}
     if plan.completion_gate is None:
@@ -96,12 +93,12 @@ def release(conn: redis.Redis, sid: str, indices: Sequence[int], job_timeout_s: 
     """Enqueue more of a submission's episodes (the gate's next test)."""
     raw = conn.hmget(store.specs_key(sid), [str(i) for i in indices])
     specs = [EpisodeSpec.from_dict(json.loads(r)) for r in raw if r]
-    submission_queue(conn, sid).enqueue_many([_job(s, job_timeout_s) for s in specs])
+    store.submission_queue(conn, sid).enqueue_many([_job(s, job_timeout_s) for s in specs])
 
 
 def drop_queue(conn: redis.Redis, sid: str) -> int:
     """Remove the submission's queued (not yet started) episode jobs; return how many."""
-    return submission_queue(conn, sid).empty()
+    return store.submission_queue(conn, sid).empty()
 
 
 def _size(path: str) -> int:

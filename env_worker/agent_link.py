@@ -25,7 +25,9 @@ DROP_DIAGNOSIS_S = 0.1
 ZeroMQ retry the connection at once (EVENT_CONNECT_RETRIED within a millisecond or two); a reply cut
 by ZeroMQ itself for exceeding the size cap is a protocol error, after which ZeroMQ never retries."""
 
-_MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _HANDSHAKE_FAILED
 _GONE = "agent disconnected (its process exited or closed its socket)"
 
 
@@ -48,12 +50,16 @@ class AgentLink:
         max_reply_bytes: int = wire.DEFAULT_MAX_REPLY_BYTES,
         context: zmq.Context | None = None,
         spin_s: float = 0.0,
+        curve_server_key: str | None = None,
     ) -> None:
+        """`curve_server_key`: the agent's CURVE public key (Z85); the link is then encrypted and
+        authenticated with a fresh client key pair."""
         self.endpoint = endpoint
         self.max_reply_bytes = max_reply_bytes
         self._ctx = context or zmq.Context.instance()
         self._abort_notice: dict | None = None
         self.spin_s = spin_s
+        self._curve = (curve_server_key.encode(), *zmq.curve_keypair()) if curve_server_key else None
         self._open()
 
     # ------------------------------------------------------------------ socket lifecycle
@@ -63,6 +69,8 @@ class AgentLink:
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)  # no back-off: a retry every 10 ms tells "gone" fast
+        if self._curve:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
         self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         sock.connect(self.endpoint)
         self._sock = sock
@@ -70,6 +78,7 @@ class AgentLink:
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
         self._lost = False  # the connection dropped and has not come back
+        self._handshake_failed = False
 
     def _close(self) -> None:
         try:
@@ -95,6 +104,8 @@ class AgentLink:
                 self._lost = False
             elif event == zmq.EVENT_DISCONNECTED:
                 self._lost = True
+            elif event & _HANDSHAKE_FAILED:
+                self._handshake_failed = True
             events.append(event)
         return events
 
@@ -131,10 +142,43 @@ class AgentLink:
             self.reset()
             raise AgentFault(f"agent link failed: {exc}") from None
 
+    def _handshake_check(self) -> None:
+        if self._handshake_failed:
+            self.reset()
+            raise AgentFault("the ZeroMQ handshake with the agent failed: its CURVE encryption "
+                             "settings or keys do not match ours")
+
+    def _send(self, sock: zmq.Socket, frame: bytes, kind: str, timeout_s: float) -> None:
+        """Send without ever blocking: a REQ socket with no usable connection (never connected,
+        or dropped by ZeroMQ after a failed handshake) would block `send` forever."""
+        try:
+            sock.send(frame, zmq.NOBLOCK, copy=True)
+            return
+        except zmq.Again:
+            pass
+        deadline = time.perf_counter() + timeout_s
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLOUT)
+        poller.register(self._monitor, zmq.POLLIN)
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                self.reset()
+                raise AgentTimeout(f"no connection to the agent to send '{kind}' on within the deadline")
+            poller.poll(max(1, math.ceil(left * 1000)))
+            self._drain_monitor()
+            self._handshake_check()
+            try:
+                sock.send(frame, zmq.NOBLOCK, copy=True)
+                return
+            except zmq.Again:
+                continue
+
     def _wait_reply(self, frame: bytes, kind: str, timeout_s: float) -> tuple[float, bytes]:
         self._drain_monitor()
+        self._handshake_check()
         sock = self._sock
-        sock.send(frame, copy=True)
+        self._send(sock, frame, kind, timeout_s)
         sent = time.perf_counter()
         deadline = sent + timeout_s
         if self.spin_s and _spin_until_readable(sock, min(deadline, sent + self.spin_s)):
@@ -159,7 +203,9 @@ class AgentLink:
             for socket, _ in ready:
                 if socket is sock:
                     return sent, self._recv_one(sock)
-            for event in self._drain_monitor():
+            events = self._drain_monitor()
+            self._handshake_check()
+            for event in events:
                 if event == zmq.EVENT_CONNECT_RETRIED and (lost_idle or dropped_at is not None):
                     self.reset()
                     raise AgentFault(_GONE)

@@ -16,8 +16,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import zmq
+
 from agent_bridge import protocol as wire
-from agent_bridge.server import BIND_ENV
+from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
 from env_worker.agent_link import AgentFault, AgentLink
 
 OUTPUT_TAIL_CHARS = 10_000
@@ -46,23 +48,32 @@ def free_tcp_endpoint() -> tuple[str, str]:
     raise AgentStartError("no free loopback port for the agent")
 
 
-def agent_environment(bind: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The agent's environment: ours minus anything that could reach Redis, plus its bind endpoint."""
+def agent_environment(bind: str, base: dict[str, str] | None = None, curve_secret: str | None = None) -> dict[str, str]:
+    """The agent's environment: ours minus anything that could reach Redis (or read the metrics),
+    plus its bind endpoint and, with CURVE, its secret key."""
     env = {
         key: value
         for key, value in (base if base is not None else os.environ).items()
-        if "REDIS" not in key.upper() and not key.upper().startswith("RQ_")
+        if "REDIS" not in key.upper() and not key.upper().startswith(("RQ_", "PROMETHEUS", "FLATEVAL_"))
+        or key == SPIN_ENV
     }
     env[BIND_ENV] = bind
+    if curve_secret:
+        env[CURVE_SECRET_ENV] = curve_secret
     return env
 
 
 class AgentProcess:
     """One agent instance started from a shell command."""
 
-    def __init__(self, command: str, log_path: str | Path, bind: str | None = None, connect: str | None = None):
+    def __init__(self, command: str, log_path: str | Path, bind: str | None = None, connect: str | None = None,
+                 curve: bool = False):
         if bind is None:
             bind, connect = free_tcp_endpoint()
+        # With `curve`, the agent gets a fresh key pair; the env side needs only its public key.
+        public, secret = zmq.curve_keypair() if curve else (b"", b"")
+        self.curve_public_key = public.decode() or None
+        self._curve_secret = secret.decode() or None
         self.command = command
         self.bind = bind
         self.endpoint = connect or bind
@@ -81,7 +92,7 @@ class AgentProcess:
             try:
                 self.process = subprocess.Popen(
                     self.command, shell=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=agent_environment(self.bind), start_new_session=True,
+                    env=agent_environment(self.bind, curve_secret=self._curve_secret), start_new_session=True,
                 )
             except OSError as exc:
                 raise AgentStartError(f"cannot start agent command {shlex.quote(self.command)}: {exc}") from None
@@ -91,7 +102,7 @@ class AgentProcess:
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the agent answers a hello, it exits, or `timeout_s` passes."""
         deadline = time.monotonic() + timeout_s
-        link = AgentLink(self.endpoint)
+        link = AgentLink(self.endpoint, curve_server_key=self.curve_public_key)
         wait = 0.25  # short at first to notice an early exit; doubling so a slow hello still lands
         try:
             while True:

@@ -60,3 +60,6 @@ class EnvAdapter(Protocol):
 
     def score_inputs(self) -> ScoreInputs:
         """Totals so far (valid at any point, so a cut episode can report its progress)."""
+
+    def release(self) -> None:
+        """The episode is over: free what the env holds."""

@@ -98,6 +98,7 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
         link.notify_aborted(spec.episode_id, error)
 
     totals = env.score_inputs()
+    env.release()
     if outcome == COMPLETED and spec.normalization == "flatland":
         score = capped_normalized_return(list(totals.per_agent_rewards), totals.max_episode_steps, spec.score_offset)
     elif outcome == COMPLETED:

@@ -79,6 +79,36 @@ def flatten_tree(node: Any, depth: int) -> np.ndarray:
     return out
 
 
+_CACHES: list = []
+_MODULES_SEEN = [0]
+
+
+def _flatland_caches() -> list:
+    """Every `functools.lru_cache` in flatland's modules and classes.
+
+    flatland-rl decorates methods with `lru_cache` (RailEnv, the rail transition maps, ...), so
+    the caches' keys hold envs and rails: a worker kept up to 128 finished envs alive (~10 MB each
+    with their malfunction generators) and grew by about a gigabyte over a few hundred episodes.
+    Clearing them between episodes costs a refill of small caches.
+    """
+    import sys
+
+    if len(sys.modules) != _MODULES_SEEN[0]:  # new modules imported since: look again
+        _MODULES_SEEN[0] = len(sys.modules)
+        _CACHES.clear()
+        seen = set()
+        for name, module in list(sys.modules.items()):
+            if not name.startswith("flatland") or module is None:
+                continue
+            for value in list(vars(module).values()):
+                holders = [value] + (list(vars(value).values()) if isinstance(value, type) else [])
+                for holder in holders:
+                    if hasattr(holder, "cache_clear") and id(holder) not in seen:
+                        seen.add(id(holder))
+                        _CACHES.append(holder)
+    return _CACHES
+
+
 def warm_up() -> None:
     """Import flatland's modules now, so a worker's first episode does not pay for them."""
     import flatland.core.env_observation_builder  # noqa: F401
@@ -200,6 +230,14 @@ class FlatlandEnv:
             info=self._wire_info(info),
             done=bool(dones["__all__"]),
         )
+
+    def release(self) -> None:
+        """Let the env go, and flatland's caches with it (see `_flatland_caches`)."""
+        if self.env is None:
+            return
+        self.env = None
+        for cache in _flatland_caches():
+            cache.cache_clear()
 
     def score_inputs(self) -> ScoreInputs:
         from flatland.envs.step_utils.states import TrainState

@@ -15,14 +15,16 @@ from typing import Sequence
 from env_worker.agent_link import AgentLink
 from env_worker.agent_process import AgentProcess
 from env_worker.observers import EpisodeObserver
-from flateval.settings import AGENT_ENDPOINT_ENV
+from flateval.settings import AGENT_CURVE_KEY_ENV, AGENT_ENDPOINT_ENV
 from scoring.episode import AGENT_ERROR, TIMEOUT, EpisodeResult
 
 
 class PairedAgent:
     def __init__(self, endpoint: str, process: AgentProcess | None = None, name: str | None = None,
-                 observers: Sequence[EpisodeObserver] = (), startup_timeout_s: float = 60.0) -> None:
+                 observers: Sequence[EpisodeObserver] = (), startup_timeout_s: float = 60.0,
+                 curve_server_key: str | None = None) -> None:
         self.endpoint = endpoint
+        self.curve_server_key = curve_server_key or (process.curve_public_key if process else None)
         self.process = process
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.observers = list(observers)
@@ -32,7 +34,7 @@ class PairedAgent:
     @property
     def link(self) -> AgentLink:
         if self._link is None:
-            self._link = AgentLink(self.endpoint)
+            self._link = AgentLink(self.endpoint, curve_server_key=self.curve_server_key)
         return self._link
 
     def after_episode(self, result: EpisodeResult) -> None:
@@ -66,5 +68,5 @@ def paired_agent() -> PairedAgent:
         endpoint = os.environ.get(AGENT_ENDPOINT_ENV)
         if not endpoint:
             raise RuntimeError(f"no agent paired with this worker: set {AGENT_ENDPOINT_ENV}")
-        _paired = PairedAgent(endpoint)
+        _paired = PairedAgent(endpoint, curve_server_key=os.environ.get(AGENT_CURVE_KEY_ENV))
     return _paired

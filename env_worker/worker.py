@@ -83,6 +83,8 @@ def run_worker(
     startup_timeout_s: float = 60.0,
     pidfile: str | None = None,
     agent_slots: int | None = None,
+    curve: bool = False,
+    curve_server_key: str | None = None,
 ) -> None:
     """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped.
 
@@ -105,11 +107,12 @@ def run_worker(
     process = None
     if agent_command:
         process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
-                               connect=agent_endpoint)
+                               connect=agent_endpoint, curve=curve)
     endpoint = process.endpoint if process else agent_endpoint
     if not endpoint:
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
-    pair = PairedAgent(endpoint, process, name=name, startup_timeout_s=startup_timeout_s)
+    pair = PairedAgent(endpoint, process, name=name, startup_timeout_s=startup_timeout_s,
+                       curve_server_key=curve_server_key)
     warm_up()
     try:
         if process:

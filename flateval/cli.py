@@ -113,9 +113,11 @@ def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_ti
 @challenge_options
 @click.option("--agent-startup-timeout", type=float, default=60.0, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve the whole local cluster's /metrics here.")
+@click.option("--curve", is_flag=True, help="Encrypt every worker-agent link with CurveZMQ (fresh keys per pair).")
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
         challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
-        overall_timeout: float | None, seed: int, agent_startup_timeout: float, metrics_port: int | None) -> None:
+        overall_timeout: float | None, seed: int, agent_startup_timeout: float, metrics_port: int | None,
+        curve: bool) -> None:
     """Evaluate an agent on a test set with N worker+agent pairs; print the score."""
     from broker.local_run import RunError, run_local
     from broker.test_set import TestSetError
@@ -126,7 +128,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                                output=output, seed=seed, challenge=challenge, phase=phase,
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                                overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout,
-                               metrics_port=metrics_port)
+                               metrics_port=metrics_port, curve=curve)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with ProgressView() as view:
@@ -157,9 +159,13 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
               help="Serve this worker's /metrics here.")
 @click.option("--agent-slots", type=click.IntRange(min=1), envvar="FLATEVAL_AGENT_SLOTS",
               help="With an --agent-endpoint holding {slot}: how many agents there are to claim from.")
+@click.option("--curve", is_flag=True, help="With --agent-command: encrypt the agent link (CurveZMQ, fresh keys).")
+@click.option("--agent-curve-key", envvar=cfg.AGENT_CURVE_KEY_ENV,
+              help="The agent's CURVE public key (Z85): talk to it encrypted.")
 def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
            agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
-           startup_timeout: float, metrics_port: int | None, agent_slots: int | None) -> None:
+           startup_timeout: float, metrics_port: int | None, agent_slots: int | None, curve: bool,
+           agent_curve_key: str | None) -> None:
     """Run an env worker paired with one agent (without --queue: every open submission's queue)."""
     queues = tuple(q for item in queues for q in item.split())
     if metrics_port:
@@ -171,7 +177,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
     try:
         run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
                    agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
-                   pidfile=agent_pidfile, agent_slots=agent_slots)
+                   pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key)
     except WorkerStartError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:

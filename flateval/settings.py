@@ -18,6 +18,7 @@ DEFAULT_ENV_SEED = 1001  # flatland-rl's evaluator resets every env with this se
 DEFAULT_OBSERVATION_BUILDERS = ("none", "tree", "global")
 
 AGENT_ENDPOINT_ENV = "FLATEVAL_AGENT_ENDPOINT"
+AGENT_CURVE_KEY_ENV = "FLATEVAL_AGENT_CURVE_KEY"  # the agent's CURVE public key (Z85): encrypt the link
 REDIS_URL_ENV = "FLATEVAL_REDIS_URL"
 
 
@@ -75,3 +76,4 @@ class RunSettings:
     overall_timeout_s: float | None = None
     agent_startup_timeout_s: float = 60.0
     metrics_port: int | None = None
+    curve: bool = False

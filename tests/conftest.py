@@ -30,6 +30,20 @@ def small_test_set(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def thirty_env_set(small_test_set, tmp_path_factory) -> Path:
+    """30 episodes (Test_0..9 x Level_0..2), copies of the small set's envs: cheap to make."""
+    out = tmp_path_factory.mktemp("thirty")
+    import shutil
+
+    sources = sorted(small_test_set.glob("*/*.pkl"))
+    for i in range(30):
+        test, level = divmod(i, 3)
+        (out / f"Test_{test}").mkdir(exist_ok=True)
+        shutil.copy(sources[i % len(sources)], out / f"Test_{test}" / f"Level_{level}.pkl")
+    return out
+
+
+@pytest.fixture(scope="session")
 def redis_url():
     """A real redis-server on a free loopback port, for the whole session."""
     server = start_redis(port=free_port())
@@ -69,3 +83,26 @@ def start_agent(tmp_path):
     yield _start
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture(scope="session")
+def fault_report():
+    """Rows for docs/reliability.md: `fault_report(fault, what_happens, recovery_s)`.
+
+    Written (JSON lines) to $FLATEVAL_FAULT_REPORT when set; benchmarks/reliability_report.py runs
+    the suite that way and renders the table.
+    """
+    import json
+    import os
+
+    rows: list[dict] = []
+
+    def record(fault: str, what_happens: str, recovery_s: float | None = None) -> None:
+        rows.append({"fault": fault, "what_happens": what_happens, "recovery_s": recovery_s})
+
+    yield record
+    target = os.environ.get("FLATEVAL_FAULT_REPORT")
+    if target and rows:
+        with open(target, "a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")

@@ -19,18 +19,6 @@ from tests.test_run import DO_NOTHING, flateval
 # ------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="session")
-def thirty_env_set(small_test_set, tmp_path_factory) -> Path:
-    """30 episodes (Test_0..9 x Level_0..2), copies of the small set's envs: cheap to make."""
-    out = tmp_path_factory.mktemp("thirty")
-    sources = sorted(small_test_set.glob("*/*.pkl"))
-    for i in range(30):
-        test, level = divmod(i, 3)
-        (out / f"Test_{test}").mkdir(exist_ok=True)
-        shutil.copy(sources[i % len(sources)], out / f"Test_{test}" / f"Level_{level}.pkl")
-    return out
-
-
 def run_json(tmp_path: Path, *args: str, timeout: float = 240) -> tuple[dict, float]:
     out = tmp_path / "results.json"
     started = time.monotonic()

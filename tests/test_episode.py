@@ -157,7 +157,7 @@ CASES = [
 
 @pytest.mark.parametrize("source,mode,outcome,words", CASES, ids=[c[1] for c in CASES])
 def test_misbehaving_agent_costs_only_its_episode(source, mode, outcome, words, small_test_set, start_agent,
-                                                  tmp_path):
+                                                  tmp_path, fault_report):
     marker = tmp_path / "pwned"
     script = (POLICY_AGENT if source == "policy" else RAW_AGENT).format(mode=mode, marker=str(marker))
     bad = start_agent(script=script)
@@ -174,6 +174,8 @@ def test_misbehaving_agent_costs_only_its_episode(source, mode, outcome, words, 
     assert elapsed < 2.0  # cut at the deadline, not waited out
     if mode in ("exit", "exit_between_steps", "huge"):
         assert elapsed < 0.5  # noticed at once, before the 0.5 s deadline could fire
+    fault_report(f"agent: {mode.replace('_', ' ')} (0.5 s deadlines)",
+                 f"episode `{outcome}`, -1.0: {result.error}; the next episode scores normally", elapsed)
     assert not marker.exists()
 
     # The same worker (same link, same endpoint) then scores a good agent's episode correctly.

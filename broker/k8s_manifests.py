@@ -1,0 +1,254 @@
+"""Per-submission Kubernetes objects: the evaluation workload of one submission, scaled by KEDA.
+
+One object per submission, a KEDA ``ScaledJob`` on the submission's RQ queue (the Redis list
+``rq:queue:flateval-<id>``). Each Job is one pod holding
+
+* the participant's agent as a native sidecar (an init container with ``restartPolicy: Always``,
+  Kubernetes >= 1.29): started first, it binds 127.0.0.1 only, gets the challenge's resources
+  (4 CPU, 15 GiB for neurips2020), no Redis credentials, no service-account token, no service links;
+* the env worker, ``flateval worker --burst`` on that one queue, talking to the agent over localhost.
+
+A worker plays episodes until the queue is empty and exits; the Job then completes and Kubernetes
+stops the sidecar. KEDA never deletes a running Job to scale down, so no episode is cut short by
+scaling; with no queued episode there is no Job (scale to zero). The termination grace period covers
+one whole episode (its deadlines), so a drain, an eviction or a deleted ScaledJob lets the running
+episode finish: SIGTERM is RQ's warm shutdown. The shared objects (Redis, the exporter, the
+NetworkPolicies, the KEDA TriggerAuthentication) are in deploy/k8s/base.
+
+    python -m broker.k8s_manifests SUBMISSION_ID AGENT_IMAGE | kubectl apply -f -
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from broker.store import queue_name
+
+WORKER_IMAGE = "flateval/worker:0.1.0"
+NAMESPACE = "flateval"
+REDIS_SECRET = "flateval-redis"
+"""Secret with keys ``url`` (the workers' FLATEVAL_REDIS_URL), ``password`` and ``address`` (KEDA)."""
+TRIGGER_AUTH = "flateval-redis"
+"""KEDA TriggerAuthentication (deploy/k8s/base/keda.yaml) reading that secret."""
+TEST_SET_CLAIM = "flateval-test-set"
+TEST_SET_DIR = "/test-set"
+AGENT_PORT = 8086
+METRICS_PORT = 9109
+
+NEURIPS2020_PLANNING_S = 300
+NEURIPS2020_STEP_S = 5
+NEURIPS2020_MAX_EPISODE_STEPS = 3722
+"""The largest ``max_episode_steps`` of the neurips2020-debug test set (Test_13, 400 trains, 150x150)."""
+
+
+def episode_bound_s(max_episode_steps: int, planning_s: float = NEURIPS2020_PLANNING_S,
+                    step_s: float = NEURIPS2020_STEP_S, margin_s: float = 60) -> int:
+    """The longest an episode can last under its deadlines (planning, then every step at its limit),
+    plus a margin for loading the env and storing the result."""
+    return int(math.ceil(planning_s + max_episode_steps * step_s + margin_s))
+
+
+DEFAULT_GRACE_S = episode_bound_s(NEURIPS2020_MAX_EPISODE_STEPS)
+"""18,970 s: one worst-case neurips2020 episode (300 s planning + 3,722 steps x 5 s + 60 s)."""
+
+_SID = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_MAX_NAME = 52  # Job names get a suffix from KEDA and must stay a valid label value (63)
+
+LABELS = {"app.kubernetes.io/name": "flateval", "app.kubernetes.io/part-of": "flateval"}
+
+
+def object_name(submission_id: str) -> str:
+    return f"flateval-{submission_id}"
+
+
+def queue_list(submission_id: str) -> str:
+    """The Redis list KEDA watches: RQ keeps queue `q` in the list ``rq:queue:<q>``."""
+    return f"rq:queue:{queue_name(submission_id)}"
+
+
+def _check(submission_id: str, agent_image: str, max_replicas: int, grace_s: int) -> None:
+    if not _SID.match(submission_id) or len(object_name(submission_id)) > _MAX_NAME:
+        raise ValueError(f"submission id {submission_id!r} cannot name Kubernetes objects "
+                         f"(lowercase letters, digits and '-', at most {_MAX_NAME - len('flateval-')} characters)")
+    if not agent_image or any(c.isspace() for c in agent_image):
+        raise ValueError(f"agent image {agent_image!r} is not an image reference")
+    if max_replicas < 1:
+        raise ValueError("max_replicas must be at least 1")
+    if grace_s < 1:
+        raise ValueError("grace_s must be positive")
+
+
+def _restricted(read_only_root: bool) -> dict[str, Any]:
+    """A container security context that passes the `restricted` Pod Security Standard."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+            "readOnlyRootFilesystem": read_only_root, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def submission_manifests(
+    submission_id: str,
+    agent_image: str,
+    *,
+    namespace: str = NAMESPACE,
+    worker_image: str = WORKER_IMAGE,
+    cpu: str = "4",
+    memory: str = "15Gi",
+    max_replicas: int = 10,
+    grace_s: int = DEFAULT_GRACE_S,
+    worker_cpu: str = "1",
+    worker_memory: str = "2Gi",
+    test_set_claim: str | None = TEST_SET_CLAIM,
+    image_pull_secrets: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """The objects that evaluate one submission: a KEDA ScaledJob (the pod template inside it).
+
+    `cpu`/`memory` are the agent container's requests and limits (the challenge's agent resources);
+    `worker_cpu`/`worker_memory` the env worker's. `test_set_claim` is a PersistentVolumeClaim holding
+    the test set (mounted read-only at /test-set); None when the worker image carries the test set at
+    /test-set itself. `grace_s` is the pod's termination grace period: at least one episode.
+    """
+    _check(submission_id, agent_image, max_replicas, grace_s)
+    name = object_name(submission_id)
+    labels = {**LABELS, "flateval.io/submission": submission_id}
+    pod_labels = {**labels, "app.kubernetes.io/component": "evaluation"}
+    endpoint = f"tcp://127.0.0.1:{AGENT_PORT}"
+
+    agent = {
+        "name": "agent",
+        "image": agent_image,
+        # native sidecar: started before the worker, stopped after it, never counted for Job completion
+        "restartPolicy": "Always",
+        # the participant's container learns where to listen and nothing else: no Redis URL, no secret
+        "env": [{"name": "FLATEVAL_AGENT_BIND", "value": endpoint}],
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
+        "securityContext": _restricted(read_only_root=False),
+        "volumeMounts": [{"name": "agent-tmp", "mountPath": "/tmp"}],
+    }
+    worker_mounts = [{"name": "worker-tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "worker-tmp", "emptyDir": {}}, {"name": "agent-tmp", "emptyDir": {}}]
+    if test_set_claim:
+        worker_mounts.append({"name": "test-set", "mountPath": TEST_SET_DIR, "readOnly": True})
+        volumes.append({"name": "test-set", "persistentVolumeClaim": {"claimName": test_set_claim, "readOnly": True}})
+    worker = {
+        "name": "worker",
+        "image": worker_image,
+        "command": ["flateval", "worker", "--burst"],
+        "env": [
+            {"name": "FLATEVAL_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "url"}}},
+            {"name": "FLATEVAL_QUEUES", "value": queue_name(submission_id)},
+            {"name": "FLATEVAL_AGENT_ENDPOINT", "value": endpoint},
+            {"name": "FLATEVAL_METRICS_PORT", "value": str(METRICS_PORT)},
+            {"name": "FLATEVAL_TEST_SET_DIR", "value": TEST_SET_DIR},
+        ],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": worker_cpu, "memory": worker_memory},
+                      "limits": {"cpu": worker_cpu, "memory": worker_memory}},
+        "securityContext": _restricted(read_only_root=True),
+        "volumeMounts": worker_mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": grace_s,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "initContainers": [agent],
+        "containers": [worker],
+        "volumes": volumes,
+    }
+    if image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in image_pull_secrets]
+    template = {
+        "metadata": {
+            "labels": pod_labels,
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(METRICS_PORT),
+                "prometheus.io/path": "/metrics",
+                # node autoscalers must not evict a pod in the middle of an episode
+                "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                "karpenter.sh/do-not-disrupt": "true",
+            },
+        },
+        "spec": pod_spec,
+    }
+    scaled_job = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledJob",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "jobTargetRef": {"parallelism": 1, "completions": 1, "backoffLimit": 1, "template": template},
+            "pollingInterval": 10,
+            "minReplicaCount": 0,
+            "maxReplicaCount": max_replicas,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 5,
+            # updating the ScaledJob leaves running Jobs alone (the default strategy deletes them)
+            "rollout": {"strategy": "gradual"},
+            # new Jobs = min(queued episodes / listLength, maxReplicaCount) - Jobs still running
+            "scalingStrategy": {"strategy": "default"},
+            "triggers": [{
+                "type": "redis",
+                "name": "episodes-queued",
+                "metadata": {
+                    "listName": queue_list(submission_id),
+                    "listLength": "1",
+                    "activationListLength": "0",
+                    "databaseIndex": "0",
+                },
+                "authenticationRef": {"name": TRIGGER_AUTH},
+            }],
+        },
+    }
+    return [scaled_job]
+
+
+def to_yaml(objects: Iterable[dict[str, Any]]) -> str:
+    """A multi-document YAML stream, keys in the order built (kubectl apply -f - reads it)."""
+    return yaml.safe_dump_all(list(objects), sort_keys=False, default_flow_style=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m broker.k8s_manifests",
+                                     description="Print one submission's Kubernetes objects (kubectl apply -f -).")
+    parser.add_argument("submission_id")
+    parser.add_argument("agent_image")
+    parser.add_argument("--namespace", default=NAMESPACE)
+    parser.add_argument("--worker-image", default=WORKER_IMAGE)
+    parser.add_argument("--challenge", help="take the agent's cpu/memory from this challenge (default: neurips2020)")
+    parser.add_argument("--phase", help="phase of the challenge (default: its default phase)")
+    parser.add_argument("--cpu", help="agent CPU (overrides the challenge's)")
+    parser.add_argument("--memory", help="agent memory, e.g. 15Gi (overrides the challenge's)")
+    parser.add_argument("--max-replicas", type=int, default=10)
+    parser.add_argument("--grace-s", type=int, default=DEFAULT_GRACE_S)
+    parser.add_argument("--test-set-claim", default=TEST_SET_CLAIM,
+                        help="PVC with the test set; '' if the worker image holds it at /test-set")
+    parser.add_argument("--image-pull-secret", action="append", default=[])
+    args = parser.parse_args(argv)
+
+    from flateval.challenge import ChallengeError, load_challenge
+
+    try:
+        resources = load_challenge(args.challenge).phase(args.phase).agent_resources
+    except ChallengeError as exc:
+        parser.error(str(exc))
+    cpu = args.cpu or (f"{resources.cpu:g}")
+    memory = args.memory or resources.memory
+    try:
+        objects = submission_manifests(
+            args.submission_id, args.agent_image, namespace=args.namespace, worker_image=args.worker_image,
+            cpu=cpu, memory=memory, max_replicas=args.max_replicas, grace_s=args.grace_s,
+            test_set_claim=args.test_set_claim or None, image_pull_secrets=args.image_pull_secret)
+    except ValueError as exc:
+        parser.error(str(exc))
+    sys.stdout.write(to_yaml(objects))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
