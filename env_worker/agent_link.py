@@ -25,8 +25,9 @@ DROP_DIAGNOSIS_S = 0.1
 ZeroMQ retry the connection at once (EVENT_CONNECT_RETRIED within a millisecond or two); a reply cut
 by ZeroMQ itself for exceeding the size cap is a protocol error, after which ZeroMQ never retries."""
 
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+"""Handshake failures that mean the two ends disagree (CURVE on one side only, wrong keys). A peer
+that goes away mid-handshake (NO_DETAIL) is an ordinary disconnect."""
 _MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _HANDSHAKE_FAILED
 _GONE = "agent disconnected (its process exited or closed its socket)"
 
@@ -176,7 +177,7 @@ class AgentLink:
 
     def _wait_reply(self, frame: bytes, kind: str, timeout_s: float) -> tuple[float, bytes]:
         self._drain_monitor()
-        self._handshake_check()
+        self._handshake_failed = False  # only what happens while this request is under way counts
         sock = self._sock
         self._send(sock, frame, kind, timeout_s)
         sent = time.perf_counter()
@@ -194,9 +195,9 @@ class AgentLink:
                 raise AgentFault(f"agent's reply was dropped by ZeroMQ: larger than the "
                                  f"{self.max_reply_bytes}-byte cap (or not valid ZeroMQ framing)")
             if now >= deadline:
-                self.reset()
                 if lost_idle or dropped_at is not None:
-                    raise AgentFault(_GONE)
+                    self._gone()
+                self.reset()
                 raise AgentTimeout(f"no reply to '{kind}' within the deadline")
             until = deadline if dropped_at is None else min(deadline, dropped_at + DROP_DIAGNOSIS_S)
             ready = self._poller.poll(max(1, math.ceil((until - now) * 1000)))
@@ -207,15 +208,24 @@ class AgentLink:
             self._handshake_check()
             for event in events:
                 if event == zmq.EVENT_CONNECT_RETRIED and (lost_idle or dropped_at is not None):
-                    self.reset()
-                    raise AgentFault(_GONE)
+                    self._gone()
                 if event == zmq.EVENT_CONNECTED and lost_idle and dropped_at is None:
                     lost_idle = False  # back before our request went out: it will be delivered
                 elif event == zmq.EVENT_CONNECTED and dropped_at is not None:
-                    self.reset()  # the peer went away and came back: our request is lost
-                    raise AgentFault(_GONE)
+                    self._gone()  # the peer went away and came back: our request is lost
                 elif event == zmq.EVENT_DISCONNECTED and dropped_at is None:
                     dropped_at = time.perf_counter()
+
+    def _gone(self) -> None:
+        """The connection is lost. A key mismatch looks the same at first (the peer hangs up during
+        the handshake); ZeroMQ's next attempt, 10 ms on, names it: look before we say which."""
+        until = time.perf_counter() + DROP_DIAGNOSIS_S
+        while not self._handshake_failed and time.perf_counter() < until:
+            if self._monitor.poll(max(1, math.ceil((until - time.perf_counter()) * 1000))):
+                self._drain_monitor()
+        self._handshake_check()
+        self.reset()
+        raise AgentFault(_GONE)
 
     def _recv_one(self, sock: zmq.Socket) -> bytes:
         frame = sock.recv(copy=True)
