@@ -29,6 +29,16 @@ from typing import Any, Mapping
 
 import msgpack
 
+# The implementation itself, never `msgpack.packb`/`msgpack.unpackb`: msgpack-numpy's `patch()`
+# (which flatland-rl calls on import) replaces those with decoders that `pickle.loads` any map
+# shaped like its object arrays. Nothing an agent sends may reach such a decoder.
+try:
+    from msgpack._cmsgpack import Packer as _Packer
+    from msgpack._cmsgpack import unpackb as _unpackb
+except ImportError:  # pure-Python msgpack
+    from msgpack.fallback import Packer as _Packer
+    from msgpack.fallback import unpackb as _unpackb
+
 PROTOCOL_VERSION = 1
 
 NDARRAY_EXT = 1
@@ -106,7 +116,7 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot send a {type(obj).__name__} over the flateval protocol")
 
 
-_packer = msgpack.Packer(default=_default, use_bin_type=True)
+_packer = _Packer(default=_default, use_bin_type=True)
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -127,7 +137,7 @@ def _ndarray_ext(code: int, data: bytes) -> Any:
 def decode_reply(frame: bytes) -> dict:
     """Decode an agent's reply on the env side: plain msgpack only, a map with a string type."""
     try:
-        message = msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+        message = _unpackb(frame, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several types for bad bytes
@@ -140,7 +150,7 @@ def decode_reply(frame: bytes) -> dict:
 def decode_request(frame: bytes) -> dict:
     """Decode an env request on the agent side (numpy arrays restored)."""
     try:
-        message = msgpack.unpackb(frame, raw=False, strict_map_key=False, ext_hook=_ndarray_ext)
+        message = _unpackb(frame, raw=False, strict_map_key=False, ext_hook=_ndarray_ext)
     except Exception as exc:
         raise ProtocolError(f"request is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):

@@ -84,12 +84,13 @@ _MODULES_SEEN = [0]
 
 
 def _flatland_caches() -> list:
-    """Every `functools.lru_cache` in flatland's modules and classes.
+    """The `functools.lru_cache`s on flatland's methods (not its plain-value function caches).
 
     flatland-rl decorates methods with `lru_cache` (RailEnv, the rail transition maps, ...), so
-    the caches' keys hold envs and rails: a worker kept up to 128 finished envs alive (~10 MB each
-    with their malfunction generators) and grew by about a gigabyte over a few hundred episodes.
-    Clearing them between episodes costs a refill of small caches.
+    the caches' keys hold `self`, the env or rail: a worker kept up to 128 finished envs alive
+    (~10 MB each with their malfunction generators) and grew by about a gigabyte over a few hundred
+    episodes. Clearing these between episodes frees them; the caches that make stepping fast
+    (keyed by speeds and states) stay warm.
     """
     import sys
 
@@ -101,9 +102,12 @@ def _flatland_caches() -> list:
             if not name.startswith("flatland") or module is None:
                 continue
             for value in list(vars(module).values()):
-                holders = [value] + (list(vars(value).values()) if isinstance(value, type) else [])
-                for holder in holders:
-                    if hasattr(holder, "cache_clear") and id(holder) not in seen:
+                if not isinstance(value, type):
+                    continue  # module-level caches take plain values (speeds, states): keep them warm
+                for holder in vars(value).values():
+                    wrapped = getattr(holder, "__wrapped__", None)
+                    if hasattr(holder, "cache_clear") and not isinstance(wrapped, staticmethod) \
+                            and id(holder) not in seen:
                         seen.add(id(holder))
                         _CACHES.append(holder)
     return _CACHES

@@ -124,6 +124,9 @@ while True:
             sock.send(msgpack.packb({{"type": "act", "actions": msgpack.ExtType(42, pickle.dumps(Evil()))}}))
         elif MODE == "wrong_type":
             sock.send(msgpack.packb({{"type": "ok"}}))
+        elif MODE == "msgpack_numpy_pickle":  # msgpack-numpy's object-array map: unpickled by its decoder
+            evil = {{b"nd": True, b"kind": b"O", b"type": "|O", b"shape": [1], b"data": pickle.dumps(Evil())}}
+            sock.send(msgpack.packb({{"type": "act", "actions": evil}}, use_bin_type=True))
         elif MODE == "multipart":
             sock.send_multipart([msgpack.packb({{"type": "act", "actions": {{}}}}), b"more"])
         elif MODE == "exit_between_steps":
@@ -150,6 +153,7 @@ CASES = [
     ("raw", "pickle", "agent_error", "reply"),
     ("raw", "pickle_in_ext", "agent_error", "ext type 42"),
     ("raw", "wrong_type", "agent_error", "expected a 'act' reply"),
+    ("raw", "msgpack_numpy_pickle", "agent_error", "unknown agent handle"),
     ("raw", "multipart", "agent_error", "multipart"),
     ("raw", "exit_between_steps", "agent_error", "disconnected"),
 ]
