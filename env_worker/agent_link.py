@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message

@@ -22,6 +22,29 @@ def free_port() -> int:
     return int(free_tcp_endpoint()[1].rsplit(":", 1)[1])
 
 
+SLOW_DO_NOTHING = """
+import time
+from agent_bridge import serve
+class SlowDoNothing:
+    def reset(self, info): pass
+    def act(self, obs, info):
+        time.sleep({delay})
+        return {{}}
+serve(SlowDoNothing())
+"""
+
+
+def slow_agent(tmp_path: Path, delay: float = 0.005) -> tuple[str, str]:
+    """An agent that answers {} like do-nothing (so scores equal stepping the env directly), but
+    `delay` seconds late each step; returns its command and a token unique to its processes."""
+    import uuid
+
+    token = f"flateval-agent-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / f"{token}.py"
+    script.write_text(SLOW_DO_NOTHING.format(delay=delay))
+    return f"{sys.executable} {script}", token
+
+
 @pytest.fixture(scope="session")
 def small_test_set(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from flateval.challenge import ChallengeError, load_challenge, parse_challenge
 from scoring.aggregate import combine
 from scoring.episode import capped_normalized_return
+from tests.conftest import slow_agent
 from tests.test_episode import direct_normalized_return
 from tests.test_run import DO_NOTHING, flateval
 
@@ -150,22 +150,9 @@ def test_gate_that_passes_releases_every_test_in_order(thirty_env_set, tmp_path)
     assert document["status"] == "finished" and len(document["episodes"]) == 30 and not document["stopped_by"]
 
 
-SLOW_AGENT = """
-import time
-from agent_bridge import serve
-class Slow:
-    def reset(self, info): pass
-    def act(self, obs, info):
-        time.sleep(0.05)
-        return {}
-serve(Slow())
-"""
-
-
 def test_overall_timeout_fails_the_submission_promptly(thirty_env_set, tmp_path):
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_AGENT)
-    document, elapsed = run_json(tmp_path, "--agent", f"{sys.executable} {script}", "--test-set",
+    agent, _ = slow_agent(tmp_path, delay=0.05)
+    document, elapsed = run_json(tmp_path, "--agent", agent, "--test-set",
                                  str(thirty_env_set), "--workers", "2", "--overall-timeout", "8")
     assert document["status"] == "failed"
     assert document["score"]["mean_normalized_return"] is None

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,23 +20,8 @@ import redis as redis_lib
 
 from broker import cleanup, store
 from broker.embedded_redis import start_redis
-from tests.conftest import free_port
+from tests.conftest import free_port, slow_agent
 from tests.test_run import DO_NOTHING, FLATEVAL, check_against_direct, flateval, leftover_processes
-
-# Returns {} like the do-nothing agent (so scores equal stepping the env directly), but slowly
-# enough that a fault lands mid-episode.
-SLOW_DO_NOTHING = """
-import os, sys, time
-from agent_bridge import serve
-DELAY = float(os.environ.get("AGENT_DELAY", "0.005"))
-class SlowDoNothing:
-    def reset(self, info): pass
-    def act(self, obs, info):
-        time.sleep(DELAY)
-        return {}
-serve(SlowDoNothing())
-"""
-
 
 def wait_for(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
@@ -48,13 +32,6 @@ def wait_for(predicate, timeout_s: float, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)  # polling real processes and Redis for a state they reach on their own
-
-
-def slow_agent(tmp_path: Path, delay: float = 0.005) -> tuple[str, str]:
-    token = f"flateval-fault-{uuid.uuid4().hex[:8]}"
-    script = tmp_path / f"{token}.py"
-    script.write_text(SLOW_DO_NOTHING.replace('"0.005"', f'"{delay}"'))
-    return f"{sys.executable} {script}", token
 
 
 def leases(conn: redis_lib.Redis) -> dict[str, str]:

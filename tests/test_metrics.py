@@ -7,16 +7,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.test_run import DO_NOTHING, FLATEVAL, flateval
+from tests.conftest import REPO, free_port, slow_agent
+from tests.test_run import FLATEVAL, flateval
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "flateval.json"
 CONTRACT_NAMES = [
@@ -25,17 +23,6 @@ CONTRACT_NAMES = [
     "flateval_agent_timeouts_total", "flateval_queue_jobs", "flateval_workers", "flateval_submissions",
     "flateval_submission_mean_normalized_return",
 ]
-SLOWISH = """
-import time
-from agent_bridge import serve
-class Slowish:
-    def reset(self, info): pass
-    def act(self, obs, info):
-        time.sleep(0.008)
-        return {}
-serve(Slowish())
-"""
-
 
 def dashboard_exprs() -> list[str]:
     panels = json.loads(DASHBOARD.read_text())["panels"]
@@ -64,11 +51,10 @@ def served_names(text: str) -> set[str]:
 
 
 def test_run_serves_every_metric_of_the_contract(small_test_set, tmp_path):
-    script = tmp_path / "slowish.py"
-    script.write_text(SLOWISH)
+    agent, _ = slow_agent(tmp_path, delay=0.008)
     port = free_port()
     out = tmp_path / "results.json"
-    run = subprocess.Popen([*FLATEVAL, "run", "--agent", f"{sys.executable} {script}", "--test-set",
+    run = subprocess.Popen([*FLATEVAL, "run", "--agent", agent, "--test-set",
                             str(small_test_set), "--workers", "2", "--metrics-port", str(port), "--output", str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: set[str] = set()
@@ -120,8 +106,7 @@ def _wait(predicate, timeout_s: float, what: str):
 def test_dashboard_queries_return_data_from_a_real_prometheus(redis_url, redis_conn, small_test_set, tmp_path):
     binary = _prometheus()
     exporter_port, worker_port, prom_port = free_port(), free_port(), free_port()
-    agent = tmp_path / "slowish.py"
-    agent.write_text(SLOWISH)
+    agent, _ = slow_agent(tmp_path, delay=0.008)
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -152,7 +137,7 @@ def test_dashboard_queries_return_data_from_a_real_prometheus(redis_url, redis_c
         sid = submitted.stdout.strip()
         processes.append(subprocess.Popen(
             [*FLATEVAL, "worker", "--redis", redis_url, "--queue", f"flateval-{sid}", "--agent-command",
-             f"{sys.executable} {agent}", "--agent-log", str(tmp_path / "a.log"), "--metrics-port", str(worker_port)],
+             agent, "--agent-log", str(tmp_path / "a.log"), "--metrics-port", str(worker_port)],
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"), env=env))
         _wait(lambda: redis_conn.hget(f"flateval:submission:{sid}", "status") == b"finished", 120,
               "the submission to finish")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import slow_agent
 from tests.test_episode import direct_normalized_return
 
 FLATEVAL = [sys.executable, "-m", "flateval"]
@@ -190,27 +191,13 @@ def test_episode_command_prints_the_record(small_test_set, start_agent):
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0
 
 
-SLOW = """
-import time
-from agent_bridge import serve
-class Slow:
-    def reset(self, info): pass
-    def act(self, obs, info):
-        time.sleep(0.02)
-        return {}
-serve(Slow())
-"""
-
-
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupted_run_cancels_and_stops_everything(sig, small_test_set, tmp_path, redis_url, redis_conn):
     import signal
     import time as clock
 
-    token = f"flateval-test-{uuid.uuid4().hex[:8]}"
-    script = tmp_path / f"{token}.py"
-    script.write_text(SLOW)
-    run = subprocess.Popen([*FLATEVAL, "run", "--agent", f"{sys.executable} {script}", "--test-set",
+    agent, token = slow_agent(tmp_path, delay=0.02)
+    run = subprocess.Popen([*FLATEVAL, "run", "--agent", agent, "--test-set",
                             str(small_test_set), "--workers", "2", "--redis", redis_url],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = clock.monotonic() + 60
