@@ -113,8 +113,10 @@ class AgentProcess:
                     raise AgentStartError(f"agent command exited with code {code} before answering{hint}")
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    last = self.output_tail(400).strip().splitlines()
+                    hint = f" (its last output: {last[-1]})" if last else ""
                     raise AgentStartError(
-                        f"agent did not answer the handshake on {self.endpoint} within {timeout_s:g} s")
+                        f"agent did not answer the handshake on {self.endpoint} within {timeout_s:g} s{hint}")
                 try:
                     link.request(wire.hello_request(), min(wait, left))
                     return
