@@ -73,7 +73,9 @@ class AgentLink:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_reply_bytes)
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)  # no back-off: a retry every 10 ms tells "gone" fast
+        # The first retry after a drop comes 10 ms later (that tells "gone" fast); repeated failures
+        # back off to 500 ms, so a link to an agent that is really gone costs the I/O thread little.
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         if self._curve:
             sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
         self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)

@@ -106,6 +106,9 @@ def start_agent(tmp_path):
     yield _start
     for agent in started:
         agent.stop()
+    import gc
+
+    gc.collect()  # close the test's dropped agent links now, not whenever: they would keep reconnecting
 
 
 @pytest.fixture(scope="session")
