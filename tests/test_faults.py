@@ -333,15 +333,18 @@ def test_curve_encrypted_link(small_test_set, tmp_path, redis_url, fault_report)
     from tests.test_episode import spec_for
 
     agent = AgentProcess(DO_NOTHING, tmp_path / "curve.log", curve=True)
+    keyed = AgentLink(agent.endpoint, curve_server_key=agent.curve_public_key)
+    unkeyed = AgentLink(agent.endpoint)
     try:
         agent.start(30)
-        result = run_episode(spec_for(small_test_set), AgentLink(agent.endpoint,
-                                                                 curve_server_key=agent.curve_public_key))
+        result = run_episode(spec_for(small_test_set), keyed)
         assert result.outcome == "completed"
-        plain = run_episode(spec_for(small_test_set, planning_timeout_s=0.5), AgentLink(agent.endpoint))
+        plain = run_episode(spec_for(small_test_set, planning_timeout_s=0.5), unkeyed)
         # no key, no talk: the handshake fails (named as such when ZeroMQ reports it in time)
         assert plain.outcome in ("agent_error", "timeout") and plain.normalized_return == -1.0
     finally:
+        keyed.close()
+        unkeyed.close()
         agent.stop()
     out = tmp_path / "results.json"
     done = flateval("run", "--agent", DO_NOTHING, "--test-set", str(small_test_set), "--workers", "1", "--curve",
