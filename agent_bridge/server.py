@@ -41,6 +41,19 @@ def _plain_actions(actions: Any) -> Any:
     return actions
 
 
+def _plain(value: Any) -> Any:
+    """A single agent's action (Gymnasium) as plain msgpack values, since a reply may hold no ext
+    type: numpy arrays become nested lists, numpy scalars and enums Python numbers, floats stay floats."""
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    inner = getattr(value, "value", value)  # enums
+    return inner if isinstance(inner, (int, float, str)) else value
+
+
 def _plain_int(value: Any) -> Any:
     if type(value) is int:
         return value
@@ -51,8 +64,11 @@ def _plain_int(value: Any) -> Any:
         return value  # let the env side say what is wrong with it
 
 
-def _observations(message: Mapping[str, Any]) -> dict[int, Any]:
+def _observations(message: Mapping[str, Any], single_agent: bool) -> Any:
+    """What the policy's `act` gets: a single agent's observation as it is, else handle -> observation."""
     obs = message.get("observations")
+    if single_agent:
+        return obs
     if obs is None:
         return {}
     if isinstance(obs, list):
@@ -76,6 +92,7 @@ class _Session:
         self.name = name
         self.log = log
         self.episode_id: str | None = None
+        self.single_agent = False
 
     def _aborted(self, reason: str) -> None:
         self.log(f"episode {self.episode_id} aborted: {reason}")
@@ -83,6 +100,10 @@ class _Session:
         abort = getattr(self.policy, "abort", None)
         if abort is not None:
             abort(reason)
+
+    def _act(self, message: dict) -> dict:
+        action = self.policy.act(_observations(message, self.single_agent), _step_info(message))
+        return wire.act_reply(_plain(action) if self.single_agent else _plain_actions(action))
 
     def handle(self, message: dict) -> dict:
         kind = message["type"]
@@ -92,10 +113,11 @@ class _Session:
             if self.episode_id is not None:
                 self._aborted("a new episode started before this one ended")
             self.episode_id = message.get("episode_id", "?")
+            self.single_agent = (message.get("env") or {}).get("kind") == wire.KIND_GYMNASIUM
             self.policy.reset(message)
-            return wire.act_reply(_plain_actions(self.policy.act(_observations(message), _step_info(message))))
+            return self._act(message)
         if kind == wire.STEP:
-            return wire.act_reply(_plain_actions(self.policy.act(_observations(message), _step_info(message))))
+            return self._act(message)
         if kind == wire.EPISODE_END:
             end = getattr(self.policy, "end", None)
             if end is not None:
@@ -125,6 +147,7 @@ def serve(
     and the agent keeps serving. `max_requests` stops after that many requests (for tests).
     """
     endpoint = endpoint or os.environ.get(BIND_ENV) or DEFAULT_ENDPOINT
+    _import_numpy()
     if spin_s is None:
         spin_s = float(os.environ.get(SPIN_ENV, "0") or 0) / 1e6
     name = name or type(policy).__name__
@@ -166,6 +189,15 @@ def serve(
         pass
     finally:
         sock.close(linger=0)
+
+
+def _import_numpy() -> None:
+    """Import numpy before the handshake: the first episode's rail arrives as an array, and a
+    lazy import there (~0.1 s) would be charged to the agent's planning time."""
+    try:
+        import numpy  # noqa: F401
+    except ImportError:  # an agent without numpy still serves messages without arrays
+        pass
 
 
 def _spin_until_readable(sock: zmq.Socket, until: float) -> None:

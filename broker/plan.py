@@ -1,25 +1,61 @@
-"""From a challenge phase and a test set to what a submission runs: its episodes and its rules."""
+"""From a challenge phase and what it is played on (a test set, or a Gymnasium env) to what a
+submission runs: its episodes and its rules. `flateval run` and `flateval submit` both plan here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
-from broker.test_set import EnvFile
-from flateval.challenge import Phase
-from flateval.settings import DEFAULT_ENV_SEED, EpisodeSpec
+from broker.test_set import EnvFile, discover
+from flateval.challenge import Challenge, Phase, load_challenge
+from flateval.settings import (
+    DEFAULT_ENV_SEED,
+    DEFAULT_GYMNASIUM_SEED,
+    FLATLAND,
+    GYMNASIUM,
+    EpisodeSpec,
+    parse_env,
+)
+
+
+class PlanError(ValueError):
+    """What to evaluate is ill-specified (options that exclude each other, an unknown env); one line."""
+
+
+@dataclass(frozen=True)
+class PlannedEpisode:
+    """What differs between the episodes of one submission."""
+
+    env_file: str  # its name in the results: a test-set file, or ENV_ID/seed_S
+    seed: int
+    env_path: str = ""  # the env file; "" for a gymnasium episode
+    test: int | None = None
+    level: int | None = None
+
+
+def test_set_episodes(env_files: Sequence[EnvFile], seed: int) -> list[PlannedEpisode]:
+    """Every env file of a test set in test order, all reset with one seed (as flatland-rl's evaluator)."""
+    return [PlannedEpisode(env_file=f.env_file, seed=seed, env_path=str(f.path), test=f.test, level=f.level)
+            for f in env_files]
+
+
+def gymnasium_episodes(env_id: str, count: int, seed: int) -> list[PlannedEpisode]:
+    """`count` episodes of one gymnasium env; episode i is reset with seed + i."""
+    return [PlannedEpisode(env_file=f"{env_id}/seed_{seed + i}", seed=seed + i) for i in range(count)]
 
 
 @dataclass(frozen=True)
 class SubmissionPlan:
-    env_files: tuple[EnvFile, ...]  # in test order, already cut to the phase's episode count
-    template: EpisodeSpec  # every episode's settings (paths filled in per episode)
+    episodes: tuple[PlannedEpisode, ...]  # in order, already cut to the phase's episode count
+    template: EpisodeSpec  # every episode's settings (env file and seed filled in per episode)
     overall_s: float
     aggregation: str = "mean"
     max_consecutive_timeouts: int | None = None
     completion_gate: float | None = None
     challenge: str = ""
     phase: str = ""
+    test_set: str = ""  # the test set's directory ("" for a gymnasium env)
 
     def record_fields(self) -> dict:
         """What the submission record keeps of the plan (read back by workers and finalization)."""
@@ -32,11 +68,13 @@ class SubmissionPlan:
 
 
 def make_plan(
-    env_files: Sequence[EnvFile],
+    episodes: Sequence[PlannedEpisode],
     phase: Phase,
     *,
     challenge: str = "",
+    env: str = FLATLAND,
     seed: int = DEFAULT_ENV_SEED,
+    test_set: str = "",
     planning_timeout_s: float | None = None,
     step_timeout_s: float | None = None,
     overall_timeout_s: float | None = None,
@@ -45,15 +83,91 @@ def make_plan(
     limits = phase.time_limits
     limits = replace(limits, **{k: v for k, v in (("planning_s", planning_timeout_s), ("step_s", step_timeout_s),
                                                    ("overall_s", overall_timeout_s)) if v is not None})
-    selected = tuple(env_files if phase.episodes is None else env_files[: phase.episodes])
+    selected = tuple(episodes if phase.episodes is None else episodes[: phase.episodes])
+    scoring = phase.scoring
     template = EpisodeSpec(
-        env_path="", env_file="", seed=seed, planning_timeout_s=limits.planning_s, step_timeout_s=limits.step_s,
-        score_offset=phase.scoring.offset, normalization=phase.scoring.normalization,
-        rewards=phase.scoring.rewards, observation_builders=phase.observation_builders,
+        env_path="", env_file="", env=env, seed=seed, planning_timeout_s=limits.planning_s,
+        step_timeout_s=limits.step_s, score_offset=scoring.offset, normalization=scoring.normalization,
+        reference_return=scoring.reference_return, failed_return=scoring.failed_return,
+        rewards=scoring.rewards, observation_builders=phase.observation_builders,
     )
     return SubmissionPlan(
-        env_files=selected, template=template, overall_s=limits.overall_s,
-        aggregation=phase.scoring.aggregation,
+        episodes=selected, template=template, overall_s=limits.overall_s,
+        aggregation=scoring.aggregation,
         max_consecutive_timeouts=phase.stop_rules.max_consecutive_timeouts,
-        completion_gate=phase.stop_rules.completion_gate, challenge=challenge, phase=phase.name,
+        completion_gate=phase.stop_rules.completion_gate, challenge=challenge, phase=phase.name, test_set=test_set,
     )
+
+
+def plan_submission(
+    *,
+    challenge: str | None = None,
+    phase: str | None = None,
+    test_set: str | None = None,
+    env: str | None = None,
+    episodes: int | None = None,
+    seed: int | None = None,
+    planning_timeout_s: float | None = None,
+    step_timeout_s: float | None = None,
+    overall_timeout_s: float | None = None,
+    default_test_set: Path | None = None,
+) -> SubmissionPlan:
+    """What `flateval run`/`submit` evaluate, from their options: a Flatland test set (``--test-set``,
+    else the challenge's, else `default_test_set`), or ``--env gymnasium:ENV_ID`` played ``--episodes``
+    times (without ``--challenge``, under the bundled ``gymnasium`` challenge's rules).
+
+    Raises `PlanError`, `ChallengeError` or `TestSetError`, each one line, before anything starts;
+    a gymnasium env is made once here, so an unknown id fails now rather than in every episode.
+    """
+    rules = load_challenge(challenge or (GYMNASIUM if env else None))
+    env_id = _env_id(env, rules, test_set)
+    chosen = rules.phase(phase)
+    if env_id is None:
+        if episodes is not None:
+            raise PlanError("--episodes is for gymnasium runs (--env gymnasium:ENV_ID): "
+                            "a test set's episodes are its env files")
+        directory = test_set or rules.test_set or default_test_set
+        if not directory:
+            raise PlanError("give --test-set (the challenge names none)")
+        seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_ENV_SEED
+        return make_plan(test_set_episodes(discover(directory), seed), chosen, challenge=rules.name, seed=seed,
+                         test_set=str(Path(directory).resolve()), planning_timeout_s=planning_timeout_s,
+                         step_timeout_s=step_timeout_s, overall_timeout_s=overall_timeout_s)
+    seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_GYMNASIUM_SEED
+    if seed < 0:
+        raise PlanError(f"--seed: a gymnasium seed must be at least 0, got {seed}")
+    _check_gymnasium_env(env_id, seed)
+    chosen = replace(chosen, episodes=episodes or chosen.episodes)
+    return make_plan(gymnasium_episodes(env_id, chosen.episodes, seed), chosen, challenge=rules.name,
+                     env=f"{GYMNASIUM}:{env_id}", seed=seed, planning_timeout_s=planning_timeout_s,
+                     step_timeout_s=step_timeout_s, overall_timeout_s=overall_timeout_s)
+
+
+def _env_id(env: str | None, rules: Challenge, test_set: str | None) -> str | None:
+    """The gymnasium env id to play (None: a Flatland test set), from --env or the challenge."""
+    if env is None:
+        if rules.environment == GYMNASIUM and test_set:
+            raise PlanError(f"--test-set: challenge {rules.name} is played on a gymnasium env, not a test set")
+        return rules.env_id if rules.environment == GYMNASIUM else None
+    try:
+        kind, env_id = parse_env(env)
+    except ValueError as exc:
+        raise PlanError(f"--env: {exc}") from None
+    if kind != GYMNASIUM:
+        raise PlanError(f"--env: expected gymnasium:ENV_ID (a Flatland run takes --test-set), got {env!r}")
+    if test_set:
+        raise PlanError("--env and --test-set exclude each other: a gymnasium run has no test set")
+    if rules.environment != GYMNASIUM:
+        raise PlanError(f"--env {env}: challenge {rules.name} is a {rules.environment} challenge "
+                        "(give one with environment: gymnasium, or no --challenge)")
+    return env_id
+
+
+def _check_gymnasium_env(env_id: str, seed: int) -> None:
+    from env_worker.env_adapter import EnvLoadError
+    from env_worker.gymnasium_env import GymnasiumEnv
+
+    try:
+        GymnasiumEnv(env_id, seed).release()
+    except EnvLoadError as exc:
+        raise PlanError(str(exc)) from None

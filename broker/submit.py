@@ -20,7 +20,6 @@ from rq import Queue
 from broker import store
 from broker.cleanup import cleanup_ended
 from broker.plan import SubmissionPlan
-from broker.test_set import EnvFile
 from flateval.settings import EpisodeSpec
 
 JOB_FUNCTION = "env_worker.job.run_episode_job"
@@ -32,12 +31,12 @@ def new_submission_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def episode_specs(sid: str, env_files: Sequence[EnvFile], template: EpisodeSpec) -> list[EpisodeSpec]:
-    """One spec per env file, in test-set order; `template` carries the challenge's settings."""
+def episode_specs(sid: str, plan: SubmissionPlan) -> list[EpisodeSpec]:
+    """One spec per planned episode, in order; the plan's template carries the challenge's settings."""
     return [
-        replace(template, env_path=str(f.path), env_file=f.env_file, test=f.test, level=f.level,
+        replace(plan.template, env_path=e.env_path, env_file=e.env_file, test=e.test, level=e.level, seed=e.seed,
                 episode_id=f"{sid}/{index}", submission_id=sid, index=index)
-        for index, f in enumerate(env_files)
+        for index, e in enumerate(plan.episodes)
     ]
 
 
@@ -49,14 +48,14 @@ def tests_in_order(specs: Sequence[EpisodeSpec]) -> list[list]:
     return [[test, indices] for test, indices in order.items()]
 
 
-def create(conn: redis.Redis, plan: SubmissionPlan, name: str | None = None, test_set: str = "",
-           sid: str | None = None, extra: dict | None = None) -> str:
+def create(conn: redis.Redis, plan: SubmissionPlan, name: str | None = None, sid: str | None = None,
+           extra: dict | None = None) -> str:
     cleanup_ended(conn)
     sid = sid or new_submission_id()
     settings = {k: v for k, v in plan.template.as_dict().items()
                 if k not in ("env_path", "env_file", "test", "level", "episode_id", "submission_id", "index")}
     store.create_submission(conn, sid, {
-        "name": name or sid, "n_episodes": len(plan.env_files), "test_set": test_set,
+        "name": name or sid, "n_episodes": len(plan.episodes), "test_set": plan.test_set,
         "settings": {**settings, "overall_s": plan.overall_s, "aggregation": plan.aggregation,
                      "max_consecutive_timeouts": plan.max_consecutive_timeouts,
                      "completion_gate": plan.completion_gate},

@@ -1,7 +1,8 @@
 """The small interface between the episode loop and an environment.
 
 The loop in `env_worker.episode` speaks only this interface; everything Flatland-specific lives in
-`env_worker.flatland_env` (and a Gymnasium adapter can sit beside it).
+`env_worker.flatland_env`, everything Gymnasium-specific in `env_worker.gymnasium_env`;
+`env_worker.env_factory` picks one from the episode's spec.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ class ObservationNotAllowed(Exception):
 class ScoreInputs:
     """What scoring needs from a finished (or cut) episode."""
 
-    cumulative_reward: float
-    max_episode_steps: int
+    cumulative_reward: float  # the undiscounted sum of every agent's rewards: the episode's return
+    max_episode_steps: int | None  # None: the env has no step limit of its own
     n_agents: int
-    n_done: int
+    n_done: int | None  # agents that reached their goal (None: the env has no such notion)
     per_agent_rewards: tuple[float, ...] = ()
 
 
@@ -43,8 +44,9 @@ class StepOutcome:
 class EnvAdapter(Protocol):
     """One loaded environment, driven by the episode loop."""
 
-    def use_observation(self, spec: Mapping[str, Any] | None) -> dict:
-        """Install the observation builder the agent asked for; return the spec in force."""
+    def use_observation(self, spec: Mapping[str, Any] | None) -> dict | None:
+        """Install the observation builder the agent asked for; return the spec in force (None: the
+        env has no builders to choose from)."""
 
     def reset(self) -> tuple[Any, dict]:
         """Reset as the challenge prescribes; return (observations, info) in wire form."""

@@ -6,13 +6,14 @@ The loop stays short on purpose. Metrics, logs and recording hang on it as obser
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Sequence
 
 from agent_bridge import protocol as wire
 from env_worker.agent_link import AgentFault, AgentLink
-from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed
-from env_worker.flatland_env import FlatlandEnv
+from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed, ScoreInputs
+from env_worker.env_factory import make_env
 from env_worker.observers import EpisodeObserver
 from flateval.settings import EpisodeSpec
 from scoring.episode import (
@@ -26,6 +27,7 @@ from scoring.episode import (
     capped_normalized_return,
     normalized_return,
     percentage_complete,
+    scaled_return,
 )
 
 
@@ -42,11 +44,11 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
     """
     started = time.perf_counter()
     stats = ResponseStats()
-    record = dict(env_file=spec.env_file, test=spec.test, level=spec.level, seed=spec.seed)
+    record = dict(env_file=spec.env_file, test=spec.test, level=spec.level, seed=spec.seed, env=spec.env)
     for observer in observers:
         observer.episode_started(spec)
     try:
-        env = FlatlandEnv(spec.env_path, spec.seed, spec.observation_builders, spec.rewards)
+        env = make_env(spec)
     except EnvLoadError as exc:
         return _finish(observers, EpisodeResult(
             **record, outcome=ENV_ERROR, normalized_return=None, percentage_complete=None, steps=0,
@@ -67,7 +69,7 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
         reply, took2 = link.request(start, budget - took)
         stats.planning_s = took + took2
         _replied(observers, took + took2, "planning")
-        step_limit = env.score_inputs().max_episode_steps
+        step_limit = env.score_inputs().max_episode_steps or math.inf  # none: the env alone ends it
         while True:
             actions = env.parse_actions(reply)
             stepped = time.perf_counter()
@@ -99,18 +101,10 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
 
     totals = env.score_inputs()
     env.release()
-    if outcome == COMPLETED and spec.normalization == "flatland":
-        score = capped_normalized_return(list(totals.per_agent_rewards), totals.max_episode_steps, spec.score_offset)
-    elif outcome == COMPLETED:
-        score = normalized_return(totals.cumulative_reward, totals.max_episode_steps, totals.n_agents,
-                                  spec.score_offset)
-    elif outcome in (ENV_ERROR, STOPPED):
-        score = None
-    else:
-        score = FAILED_EPISODE_RETURN + spec.score_offset
     result = EpisodeResult(
-        **record, outcome=outcome, normalized_return=score,
-        percentage_complete=percentage_complete(totals.n_done, totals.n_agents) if totals.n_agents else None,
+        **record, outcome=outcome, normalized_return=_score(outcome, totals, spec),
+        percentage_complete=None if not totals.n_agents or totals.n_done is None
+        else percentage_complete(totals.n_done, totals.n_agents),
         steps=steps, cumulative_reward=totals.cumulative_reward, duration_s=0.0,
         agent_response=stats.as_dict(), error=error, n_agents=totals.n_agents,
         max_episode_steps=totals.max_episode_steps, observation=observation)
@@ -118,6 +112,23 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
         _say_goodbye(link, spec, result)
     result.duration_s = time.perf_counter() - started
     return _finish(observers, result)
+
+
+def _score(outcome: str, totals: ScoreInputs, spec: EpisodeSpec) -> float | None:
+    """The episode's score under the challenge's normalization. Env errors and stopped episodes have
+    none; a failed episode (timeout, agent error) scores -1.0 under Flatland's normalizations, and
+    its return so far (or the challenge's ``failed_return``) under ``return``."""
+    if outcome in (ENV_ERROR, STOPPED):
+        return None
+    if spec.normalization == "return":
+        failed = outcome != COMPLETED and spec.failed_return is not None
+        return scaled_return(spec.failed_return if failed else totals.cumulative_reward, spec.reference_return,
+                             spec.score_offset)
+    if outcome != COMPLETED:
+        return FAILED_EPISODE_RETURN + spec.score_offset
+    if spec.normalization == "flatland":
+        return capped_normalized_return(list(totals.per_agent_rewards), totals.max_episode_steps, spec.score_offset)
+    return normalized_return(totals.cumulative_reward, totals.max_episode_steps, totals.n_agents, spec.score_offset)
 
 
 def _say_goodbye(link: AgentLink, spec: EpisodeSpec, result: EpisodeResult) -> None:

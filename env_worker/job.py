@@ -83,7 +83,7 @@ def run_episode_job(spec: dict[str, Any]) -> dict[str, Any]:
     store.transition(conn, sid, store.RUNNING, (store.QUEUED, store.SUBMITTED))
 
     root = os.environ.get(TEST_SET_DIR_ENV)
-    if root:
+    if root and episode.env_path:  # a gymnasium episode has no env file
         episode = EpisodeSpec.from_dict({**episode.as_dict(), "env_path": str(Path(root) / episode.env_file)})
     pair = paired_agent()
     job_id = get_current_job().id

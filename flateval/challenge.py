@@ -2,7 +2,8 @@
 
 A challenge is a YAML file validated on load; a bad key or value is one line naming it, e.g.
 ``challenge my.yaml: phases.round2.scoring.offset: expected a number, got 'one'``. Phases inherit
-from the file's ``defaults`` section. The bundled default is ``neurips2020`` (flateval/challenges/).
+from the file's ``defaults`` section. The bundled default is ``neurips2020`` (flateval/challenges/);
+``gymnasium`` holds the rules of a run on ``--env gymnasium:ENV_ID`` without a challenge.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from flateval.settings import (
     DEFAULT_OVERALL_TIMEOUT_S,
     DEFAULT_PLANNING_TIMEOUT_S,
     DEFAULT_STEP_TIMEOUT_S,
+    ENVIRONMENTS,
+    FLATLAND,
+    GYMNASIUM,
 )
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "challenges"
-NORMALIZATIONS = ("seed", "flatland")
+NORMALIZATIONS = {FLATLAND: ("seed", "flatland"), GYMNASIUM: ("return",)}
 AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
-ENVIRONMENTS = ("flatland",)
+ONLY_FOR = {  # keys that mean something for one environment only
+    "test_set": FLATLAND, "observation_builders": FLATLAND, "scoring.rewards": FLATLAND,
+    "stop_rules.completion_gate": FLATLAND,
+    "env_id": GYMNASIUM, "scoring.reference_return": GYMNASIUM, "scoring.failed_return": GYMNASIUM,
+}
 
 
 class ChallengeError(ValueError):
@@ -40,9 +48,12 @@ class TimeLimits:
 @dataclass(frozen=True)
 class Scoring:
     offset: float = 0.0
-    normalization: str = "seed"  # seed: reward / (max steps x agents); flatland: per-agent capped first
+    normalization: str = "seed"  # seed: reward / (max steps x agents); flatland: per-agent capped first;
+    # return (gymnasium): the episode's return, divided by reference_return if set
     rewards: str = "DefaultRewards"  # a class of flatland.envs.rewards
     aggregation: str = "mean"
+    reference_return: float | None = None
+    failed_return: float | None = None  # a failed gymnasium episode's return (None: what it reached)
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,7 @@ class AgentResources:
 @dataclass(frozen=True)
 class Phase:
     name: str
-    episodes: int | None = None  # None: all; K: the first K in test order
+    episodes: int | None = None  # None: all; K: the first K in test order (gymnasium: how many to play)
     time_limits: TimeLimits = field(default_factory=TimeLimits)
     scoring: Scoring = field(default_factory=Scoring)
     stop_rules: StopRules = field(default_factory=StopRules)
@@ -75,6 +86,8 @@ class Challenge:
     test_set: str | None
     default_phase: str
     phases: dict[str, Phase]
+    env_id: str | None = None  # gymnasium: what gymnasium.make is given
+    seed: int | None = None  # None: flatland's 1001, gymnasium's 0
     source: str = ""
 
     def phase(self, name: str | None) -> Phase:
@@ -121,21 +134,36 @@ def _mapping(value: Any, where: str, known: tuple[str, ...]) -> Mapping[str, Any
     return value
 
 
-def _section(kind: type, raw: Any, where: str, base: Any) -> Any:
+def _only_for(key: str, at: str, environment: str) -> None:
+    """Refuse a key that means nothing for this challenge's environment."""
+    wanted = ONLY_FOR.get(key, environment)
+    if wanted != environment:
+        raise ChallengeError(f"{at}: only for environment {wanted} (this challenge's is {environment})")
+
+
+def _section(kind: type, raw: Any, where: str, base: Any, environment: str) -> Any:
     names = tuple(f.name for f in fields(kind))
     raw = _mapping(raw, where, names)
+    section = next(name for name, k in _SECTIONS.items() if k is kind)
     values = {}
     for key, value in raw.items():
         at = f"{where}.{key}"
+        _only_for(f"{section}.{key}", at, environment)
         if kind is TimeLimits:
             values[key] = _number(value, at, positive=True)
         elif kind is Scoring:
             if key == "offset":
                 values[key] = _number(value, at)
             elif key == "normalization":
-                values[key] = _choice(value, at, NORMALIZATIONS)
+                values[key] = _choice(value, at, NORMALIZATIONS[environment])
             elif key == "aggregation":
                 values[key] = _choice(value, at, AGGREGATIONS)
+            elif key == "reference_return":
+                values[key] = _number(value, at, nullable=True)
+                if values[key] == 0:
+                    raise ChallengeError(f"{at}: must not be 0")
+            elif key == "failed_return":
+                values[key] = _number(value, at, nullable=True)
             else:
                 values[key] = _rewards_class(value, at)
         elif kind is StopRules:
@@ -164,12 +192,13 @@ def _memory(value: Any, where: str) -> str:
     return value
 
 
-def _phase(name: str, raw: Any, where: str, base: Phase) -> Phase:
+def _phase(name: str, raw: Any, where: str, base: Phase, environment: str) -> Phase:
     raw = _mapping(raw if raw is not None else {}, where,
                    ("episodes", "observation_builders", *(_SECTIONS)))
     phase = replace(base, name=name)
     for key, value in raw.items():
         at = f"{where}.{key}"
+        _only_for(key, at, environment)
         if key == "episodes":
             phase = replace(phase, episodes=None if value == "all" else _number(value, at, integer=True, minimum=1))
         elif key == "observation_builders":
@@ -178,7 +207,7 @@ def _phase(name: str, raw: Any, where: str, base: Phase) -> Phase:
             builders = tuple(_choice(v, f"{at}[{i}]", DEFAULT_OBSERVATION_BUILDERS) for i, v in enumerate(value))
             phase = replace(phase, observation_builders=builders)
         else:
-            phase = replace(phase, **{key: _section(_SECTIONS[key], value, at, getattr(phase, key))})
+            phase = replace(phase, **{key: _section(_SECTIONS[key], value, at, getattr(phase, key), environment)})
     return phase
 
 
@@ -190,28 +219,41 @@ def parse_challenge(data: Any, source: str = "<challenge>", base_dir: Path | Non
 
 
 def _parse(data: Any, base_dir: Path | None) -> Challenge:
-    data = _mapping(data, "", ("name", "environment", "test_set", "default_phase", "defaults", "phases"))
+    data = _mapping(data, "", ("name", "environment", "test_set", "env_id", "seed", "default_phase", "defaults",
+                               "phases"))
     for key in ("name", "phases"):
         if key not in data:
             raise ChallengeError(f"{key}: required")
     name = data["name"]
     if not isinstance(name, str) or not name:
         raise ChallengeError(f"name: expected a non-empty string, got {name!r}")
-    environment = _choice(data.get("environment", "flatland"), "environment", ENVIRONMENTS)
+    environment = _choice(data.get("environment", FLATLAND), "environment", ENVIRONMENTS)
+    for key in data:
+        _only_for(key, key, environment)
+    env_id = data.get("env_id")
+    if environment == GYMNASIUM and (not isinstance(env_id, str) or not env_id or env_id.strip() != env_id):
+        raise ChallengeError(f"env_id: a gymnasium challenge needs the id of its env (e.g. CartPole-v1), got {env_id!r}")
+    seed = None if data.get("seed") is None else _number(data["seed"], "seed", integer=True, minimum=0)
     test_set = data.get("test_set")
     if test_set is not None:
         if not isinstance(test_set, str):
             raise ChallengeError(f"test_set: expected a path, got {test_set!r}")
         test_set = str((base_dir / test_set).resolve()) if base_dir and not Path(test_set).is_absolute() else test_set
-    defaults = _phase("defaults", data.get("defaults"), "defaults", Phase(name="defaults"))
+    base = Phase(name="defaults", scoring=Scoring(normalization=NORMALIZATIONS[environment][0]))
+    defaults = _phase("defaults", data.get("defaults"), "defaults", base, environment)
     phases_raw = data["phases"]
     if not isinstance(phases_raw, Mapping) or not phases_raw:
         raise ChallengeError(f"phases: expected a mapping of phase name to phase, got {phases_raw!r}")
-    phases = {str(n): _phase(str(n), raw, f"phases.{n}", defaults) for n, raw in phases_raw.items()}
+    phases = {str(n): _phase(str(n), raw, f"phases.{n}", defaults, environment) for n, raw in phases_raw.items()}
+    for phase in phases.values():
+        if environment == GYMNASIUM and phase.episodes is None:
+            raise ChallengeError(f"phases.{phase.name}.episodes: a gymnasium challenge needs a number of episodes "
+                                 "(here or in defaults)")
     default_phase = data.get("default_phase", next(iter(phases)))
     if default_phase not in phases:
         raise ChallengeError(f"default_phase: {default_phase!r} is not one of the phases ({', '.join(phases)})")
-    return Challenge(name, environment, test_set, default_phase, phases)
+    return Challenge(name=name, environment=environment, test_set=test_set, default_phase=default_phase,
+                     phases=phases, env_id=env_id, seed=seed)
 
 
 def load_challenge(path_or_name: str | Path | None = None) -> Challenge:

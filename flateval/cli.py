@@ -40,14 +40,22 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def challenge_options(command):
-    """--challenge, --phase and the time-limit overrides, shared by `run` and `submit`."""
+    """--challenge, --phase, the time-limit overrides and what to play (--env, --episodes, --seed),
+    shared by `run` and `submit`."""
     for option in reversed([
-        click.option("--challenge", help="Challenge YAML file or bundled name (default: neurips2020)."),
+        click.option("--challenge", help="Challenge YAML file or bundled name (default: neurips2020; "
+                                         "with --env: gymnasium)."),
         click.option("--phase", help="Phase of the challenge (default: the challenge's default phase)."),
         click.option("--planning-timeout", type=float, help="Override: seconds of initial planning."),
         click.option("--step-timeout", type=float, help="Override: seconds per step."),
         click.option("--overall-timeout", type=float, help="Override: seconds for the whole evaluation."),
-        click.option("--seed", type=int, default=cfg.DEFAULT_ENV_SEED, show_default=True, help="Env reset seed."),
+        click.option("--env", "env", metavar="gymnasium:ENV_ID",
+                     help="Play a Gymnasium env instead of a test set, e.g. gymnasium:CartPole-v1."),
+        click.option("--episodes", type=click.IntRange(min=1),
+                     help="With a gymnasium env: how many episodes (default: the challenge phase's)."),
+        click.option("--seed", type=int, help=f"Env reset seed (default: the challenge's, else "
+                                              f"{cfg.DEFAULT_ENV_SEED} for every Flatland env; gymnasium: episode i "
+                                              f"gets seed + i, from {cfg.DEFAULT_GYMNASIUM_SEED})."),
     ]):
         command = option(command)
     return command
@@ -56,37 +64,30 @@ def challenge_options(command):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flateval")
 def main() -> None:
-    """flateval: evaluate code-upload RL submissions (Flatland first), fast and safely."""
+    """flateval: evaluate code-upload RL submissions (Flatland, Gymnasium), fast and safely."""
 
 
 # --------------------------------------------------------------------------------------- episode
 @main.command()
-@click.option("--env", "env_path", required=True, type=click.Path(dir_okay=False), help="A Flatland env .pkl file.")
+@click.option("--env", "env_path", required=True, type=click.Path(dir_okay=False),
+              help="A Flatland env .pkl file, or gymnasium:ENV_ID.")
 @click.option("--agent-endpoint", required=True, help="Where the agent listens, e.g. tcp://127.0.0.1:8086.")
 @click.option("--step-timeout", type=float, default=cfg.DEFAULT_STEP_TIMEOUT_S, show_default=True)
 @click.option("--planning-timeout", type=float, default=cfg.DEFAULT_PLANNING_TIMEOUT_S, show_default=True)
-@click.option("--seed", type=int, default=cfg.DEFAULT_ENV_SEED, show_default=True)
+@click.option("--seed", type=int, help=f"Env reset seed (default: Flatland {cfg.DEFAULT_ENV_SEED}, "
+                                       f"gymnasium {cfg.DEFAULT_GYMNASIUM_SEED}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result record as one JSON object.")
-def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_timeout: float, seed: int,
+def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_timeout: float, seed: int | None,
             as_json: bool) -> None:
     """Run one episode against an agent that is already running, and print its result."""
     from env_worker.agent_link import AgentLink
     from env_worker.episode import run_episode
 
-    path = Path(env_path)
-    if not path.is_file():
-        raise CliError(f"env file {path} does not exist")
-    parts = path.resolve().parts
-    env_file = "/".join(parts[-2:])
-    test = level = None
-    if parts[-2].startswith("Test_") and parts[-1].startswith("Level_"):
-        try:
-            test, level = int(parts[-2][5:]), int(parts[-1][6:].split(".")[0])
-        except ValueError:
-            pass
-    spec = cfg.EpisodeSpec(env_path=str(path.resolve()), env_file=env_file, test=test, level=level,
-                           episode_id="local", seed=seed, planning_timeout_s=planning_timeout,
-                           step_timeout_s=step_timeout)
+    if env_path.startswith(f"{cfg.GYMNASIUM}:"):
+        spec = _gymnasium_episode(env_path, seed, planning_timeout, step_timeout)
+    else:
+        spec = _flatland_episode(Path(env_path), cfg.DEFAULT_ENV_SEED if seed is None else seed, planning_timeout,
+                                 step_timeout)
     link = AgentLink(agent_endpoint)
     try:
         result = run_episode(spec, link)
@@ -99,6 +100,36 @@ def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_ti
                f"complete {result.percentage_complete}  steps {result.steps}  {result.duration_s:.2f} s")
     if result.error:
         click.echo(f"error: {result.error}")
+
+
+def _flatland_episode(path: Path, seed: int, planning_timeout: float, step_timeout: float) -> cfg.EpisodeSpec:
+    if not path.is_file():
+        raise CliError(f"env file {path} does not exist")
+    parts = path.resolve().parts
+    env_file = "/".join(parts[-2:])
+    test = level = None
+    if parts[-2].startswith("Test_") and parts[-1].startswith("Level_"):
+        try:
+            test, level = int(parts[-2][5:]), int(parts[-1][6:].split(".")[0])
+        except ValueError:
+            pass
+    return cfg.EpisodeSpec(env_path=str(path.resolve()), env_file=env_file, test=test, level=level,
+                           episode_id="local", seed=seed, planning_timeout_s=planning_timeout,
+                           step_timeout_s=step_timeout)
+
+
+def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step_timeout: float) -> cfg.EpisodeSpec:
+    """The first episode of a `flateval run --env ENV --seed SEED` (the same seed, the same rules)."""
+    from broker.plan import PlanError, plan_submission
+    from broker.submit import episode_specs
+    from flateval.challenge import ChallengeError
+
+    try:
+        plan = plan_submission(env=env, episodes=1, seed=seed, planning_timeout_s=planning_timeout,
+                               step_timeout_s=step_timeout)
+    except (PlanError, ChallengeError) as exc:
+        raise CliError(str(exc)) from None
+    return episode_specs("local", plan)[0]
 
 
 # --------------------------------------------------------------------------------------- run
@@ -115,16 +146,17 @@ def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_ti
 @click.option("--curve", is_flag=True, help="Encrypt every worker-agent link with CurveZMQ (fresh keys per pair).")
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
         challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
-        overall_timeout: float | None, seed: int, agent_startup_timeout: float, metrics_port: int | None,
-        curve: bool) -> None:
-    """Evaluate an agent on a test set with N worker+agent pairs; print the score."""
+        overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
+        agent_startup_timeout: float, metrics_port: int | None, curve: bool) -> None:
+    """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score."""
     from broker.local_run import RunError, run_local
+    from broker.plan import PlanError
     from broker.test_set import TestSetError
     from flateval.challenge import ChallengeError
     from flateval.progress import ProgressView, print_score
 
     settings = cfg.RunSettings(agent_command=agent_command, test_set=test_set, workers=workers, redis_url=redis_url,
-                               output=output, seed=seed, challenge=challenge, phase=phase,
+                               output=output, seed=seed, env=env, episodes=episodes, challenge=challenge, phase=phase,
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                                overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout,
                                metrics_port=metrics_port, curve=curve)
@@ -132,7 +164,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     try:
         with ProgressView() as view:
             document = run_local(settings, on_progress=view.update)
-    except (RunError, TestSetError, ChallengeError) as exc:
+    except (RunError, TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         raise CliError("interrupted: the submission is cancelled and everything started was stopped") from None
@@ -232,28 +264,23 @@ def exporter(redis_url: str | None, port: int, multiproc_dir: str | None) -> Non
 @challenge_options
 def submit(redis_url: str | None, test_set: str | None, name: str | None, challenge: str | None, phase: str | None,
            planning_timeout: float | None, step_timeout: float | None, overall_timeout: float | None,
-           seed: int) -> None:
+           env: str | None, episodes: int | None, seed: int | None) -> None:
     """Enqueue a submission for remote workers; print its id."""
     from broker import submit as submitting
     from broker.local_run import RunError, connect
-    from broker.plan import make_plan
-    from broker.test_set import TestSetError, discover
-    from flateval.challenge import ChallengeError, load_challenge
+    from broker.plan import PlanError, plan_submission
+    from broker.test_set import TestSetError
+    from flateval.challenge import ChallengeError
 
     try:
-        rules = load_challenge(challenge)
-        chosen = rules.phase(phase)
-        test_set = test_set or rules.test_set
-        if not test_set:
-            raise CliError("give --test-set (the challenge names none)")
-        plan = make_plan(discover(test_set), chosen, challenge=rules.name, seed=seed,
-                         planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
-                         overall_timeout_s=overall_timeout)
+        plan = plan_submission(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes,
+                               seed=seed, planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
+                               overall_timeout_s=overall_timeout)
         conn = connect(_redis_url(redis_url))
-    except (TestSetError, RunError, ChallengeError) as exc:
+    except (TestSetError, RunError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
-    sid = submitting.create(conn, plan, name=name, test_set=str(Path(test_set).resolve()))
-    submitting.enqueue(conn, sid, plan, submitting.episode_specs(sid, plan.env_files, plan.template))
+    sid = submitting.create(conn, plan, name=name)
+    submitting.enqueue(conn, sid, plan, submitting.episode_specs(sid, plan))
     click.echo(sid)
 
 

@@ -49,7 +49,10 @@ def print_score(document: dict) -> None:
         return "-" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
 
     table.add_row("mean normalized return", fmt(score.get("mean_normalized_return")))
-    table.add_row("mean percentage complete", fmt(score.get("mean_percentage_complete")))
+    if (document.get("settings") or {}).get("env", "flatland") == "flatland":
+        table.add_row("mean percentage complete", fmt(score.get("mean_percentage_complete")))
+    else:  # gymnasium: no completion; the mean raw return (the primary may be normalized)
+        table.add_row("mean return", fmt(score.get("mean_return")))
     table.add_row("episodes", f"{len(document['episodes'])}/{document.get('n_episodes')}")
     for outcome, count in (score.get("outcomes") or {}).items():
         table.add_row(f"  {outcome}", str(count))

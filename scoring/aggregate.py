@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 from statistics import fmean
 from typing import Any, Iterable, Mapping
 
+from flateval.settings import FLATLAND
 from scoring.episode import ENV_ERROR, OUTCOMES
 
 
@@ -28,7 +29,9 @@ def combine(values: list[float], tests: list[Any], method: str = "mean") -> floa
 
 def aggregate(results: Iterable[Mapping[str, Any]], method: str = "mean") -> dict[str, Any]:
     """Primary: the normalized returns of the scored episodes, combined by `method` (the key keeps
-    its contract name, `mean_normalized_return`); secondary: mean completion.
+    its contract name, `mean_normalized_return`; for a gymnasium env without normalization it is the
+    mean return); secondary: mean completion (None where episodes have none: gymnasium), and the
+    mean raw return.
 
     Episodes lost to a broken env file (``env_error``) are the host's fault and count in neither;
     they are reported in `outcomes`. No scored episode means a null score.
@@ -36,11 +39,14 @@ def aggregate(results: Iterable[Mapping[str, Any]], method: str = "mean") -> dic
     results = list(results)
     scored = [r for r in results if r.get("outcome") != ENV_ERROR and r.get("normalized_return") is not None]
     outcomes = Counter(r.get("outcome") for r in results)
+    has_completion = any(r.get("env", FLATLAND) == FLATLAND for r in scored)  # records before "env": Flatland
+    returns = [r["return"] for r in scored if r.get("return") is not None]
     return {
         "mean_normalized_return": combine([r["normalized_return"] for r in scored],
                                           [r.get("test") for r in scored], method),
         "aggregation": method,
-        "mean_percentage_complete": fmean(r["percentage_complete"] or 0.0 for r in scored) if scored else None,
+        "mean_percentage_complete": fmean(r["percentage_complete"] or 0.0 for r in scored) if has_completion else None,
+        "mean_return": fmean(returns) if returns else None,
         "episodes": len(results),
         "scored_episodes": len(scored),
         "outcomes": {outcome: outcomes.get(outcome, 0) for outcome in OUTCOMES},

@@ -32,6 +32,12 @@ def capped_normalized_return(per_agent_rewards: "list[float]", max_episode_steps
     return capped / (max_episode_steps * n_agents) + offset
 
 
+def scaled_return(total: float, reference_return: float | None = None, offset: float = 0.0) -> float:
+    """A gymnasium episode's score: its return, divided by the challenge's reference return if it
+    sets one (e.g. 500 for CartPole-v1: a perfect episode scores 1.0), plus the phase's offset."""
+    return (total / reference_return if reference_return else total) + offset
+
+
 def percentage_complete(n_done: int, n_agents: int) -> float:
     """Fraction (0..1) of the trains that reached their target."""
     return n_done / n_agents if n_agents else 0.0
@@ -80,6 +86,9 @@ class EpisodeResult:
     n_agents: int | None = None
     max_episode_steps: int | None = None
     observation: dict | None = None
+    env: str | None = None  # "flatland" or "gymnasium:ENV_ID"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record; ``return`` is the episode's undiscounted sum of rewards (``cumulative_reward``,
+        under the name gymnasium challenges use)."""
+        return {**asdict(self), "return": self.cumulative_reward}

@@ -33,7 +33,7 @@ def to_csv(document: dict[str, Any]) -> str:
     for episode in _episodes(document):
         response = episode.get("agent_response") or {}
         writer.writerow({
-            "test_id": f"Test_{episode.get('test')}", "env_id": f"Level_{episode.get('level')}",
+            "test_id": _named("Test", episode.get("test")), "env_id": _named("Level", episode.get("level")),
             "reward": episode.get("cumulative_reward"), "normalized_reward": episode.get("normalized_return"),
             "percentage_complete": episode.get("percentage_complete"), "steps": episode.get("steps"),
             "simulation_time": episode.get("duration_s"), "env_file": episode.get("env_file"),
@@ -46,6 +46,11 @@ def to_csv(document: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+def _named(prefix: str, number: Any) -> str:
+    """flatland's Test_<N>/Level_<M> names; empty for an episode of no test set (gymnasium)."""
+    return "" if number is None else f"{prefix}_{number}"
+
+
 def to_evalai(document: dict[str, Any], split: str | None = None) -> list[dict[str, Any]]:
     """The list EvalAI's submission-update endpoint takes as ``result`` (see docs/evalai.md)."""
     _episodes(document)
@@ -55,8 +60,7 @@ def to_evalai(document: dict[str, Any], split: str | None = None) -> list[dict[s
         reason = document.get("error") or f"status {document.get('status')}"
         raise ExportError(f"submission has no score to export ({reason})")
     split = split or (document.get("settings") or {}).get("phase") or "test"
-    return [{
-        "split": split,
-        "show_to_participant": True,
-        "accuracies": {"mean_normalized_return": float(primary), "percentage_complete": float(secondary or 0.0)},
-    }]
+    accuracies = {"mean_normalized_return": float(primary)}
+    if secondary is not None:  # a gymnasium env has no completion
+        accuracies["percentage_complete"] = float(secondary)
+    return [{"split": split, "show_to_participant": True, "accuracies": accuracies}]
