@@ -67,7 +67,9 @@ class AgentProcess:
     """One agent instance started from a shell command."""
 
     def __init__(self, command: str, log_path: str | Path, bind: str | None = None, connect: str | None = None,
-                 curve: bool = False):
+                 curve: bool = False, pidfile: str | Path | None = None):
+        """`pidfile`, when given, gets the pid of every agent started (restarts included) once it
+        answered its handshake: whoever supervises us can kill the current agent even if we die."""
         if bind is None:
             bind, connect = free_tcp_endpoint()
         # With `curve`, the agent gets a fresh key pair; the env side needs only its public key.
@@ -78,6 +80,7 @@ class AgentProcess:
         self.bind = bind
         self.endpoint = connect or bind
         self.log_path = Path(log_path)
+        self.pidfile = Path(pidfile) if pidfile else None
         self.process: subprocess.Popen | None = None
         self.restarts = 0
 
@@ -98,6 +101,10 @@ class AgentProcess:
                 raise AgentStartError(f"cannot start agent command {shlex.quote(self.command)}: {exc}") from None
         if handshake:
             self.wait_ready(timeout_s)
+        if self.pidfile:
+            partial = self.pidfile.with_name(self.pidfile.name + ".partial")
+            partial.write_text(str(self.process.pid))
+            partial.replace(self.pidfile)  # atomic: a reader never sees half a pid
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the agent answers a hello, it exits, or `timeout_s` passes."""

@@ -7,11 +7,12 @@ Redis round trips). A stock `rq worker -S json` with ``$FLATEVAL_AGENT_ENDPOINT`
 
 from __future__ import annotations
 
+import gc
 import logging
+from importlib import import_module
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Callable
 
 import redis
@@ -21,6 +22,7 @@ from rq.serializers import JSONSerializer
 
 from broker import reaper, store
 from broker.connection import RedisUnreachable, connect
+from broker.submit import JOB_FUNCTION
 from env_worker.agent_process import AgentProcess, AgentStartError
 from env_worker.agent_slots import NoFreeSlot, claim_slot
 from env_worker.flatland_env import warm_up
@@ -28,7 +30,12 @@ from env_worker.pairing import PairedAgent, set_paired_agent
 
 
 IDLE_POLL_S = 0.5
-"""Without --queue: how often an idle worker looks for new submission queues."""
+"""With no open submission at all: how often an idle worker looks for one."""
+
+IDLE_RETURN_S = 1
+"""How long a worker blocks on its queues for the next job before it returns to look for new
+submissions and re-run dead workers' episodes (RQ's ``max_idle_time``: whole seconds). A job that
+arrives meanwhile wakes it at once (a blocking pop), so this costs no latency."""
 
 
 class WorkerStartError(RuntimeError):
@@ -39,8 +46,11 @@ def _work(conn: redis.Redis, queues: list[str], name: str, burst: bool) -> bool:
     """Run RQ's in-process worker on `queues`; True if it was asked to stop (SIGTERM/SIGINT)."""
     worker = SimpleWorker([Queue(q, connection=conn, serializer=JSONSerializer) for q in queues],
                           connection=conn, serializer=JSONSerializer, name=name)
-    worker.work(burst=burst, logging_level=logging.WARNING, with_scheduler=False)
-    return worker._stop_requested
+    worker.work(burst=burst, max_idle_time=None if burst else IDLE_RETURN_S, logging_level=logging.WARNING,
+                with_scheduler=False)
+    # A signal while busy sets _stop_requested; while idle (blocked on the queues) RQ ends `work`
+    # by raising StopRequested inside it, which it swallows: only the request's date tells.
+    return worker._stop_requested or worker._shutdown_requested_date is not None
 
 
 def open_submission_queues(conn: redis.Redis) -> list[str]:
@@ -54,20 +64,22 @@ def open_submission_queues(conn: redis.Redis) -> list[str]:
 
 
 def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], name: str, burst: bool) -> None:
-    """Work the queues in bursts, and between bursts re-run the episodes of dead workers.
+    """Work the queues until idle, and between two spells re-run the episodes of dead workers.
 
     Without --queue, `queues` follows every open submission as submissions come and go (a
-    long-lived cluster worker); with it, the loop still wakes up to reap while idle.
+    long-lived cluster worker); with it, the loop still wakes up to reap while idle. Waiting for
+    jobs is a blocking pop, never a sleep: an episode enqueued while the worker waits starts at once.
     """
     try:
         while True:
             names = queues()
             reaper.reap_open_submissions(conn, [q.removeprefix("flateval-") for q in names])
-            if names and _work(conn, names, name, burst=True):
+            if names and _work(conn, names, name, burst):
                 return
             if burst:
                 return
-            time.sleep(IDLE_POLL_S)  # idle: look for new submissions and orphaned episodes again
+            if not names:
+                time.sleep(IDLE_POLL_S)  # no open submission anywhere: look again
     except StopRequested:  # RQ's signal handler, still installed between two bursts
         return
 
@@ -107,21 +119,22 @@ def run_worker(
     process = None
     if agent_command:
         process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
-                               connect=agent_endpoint, curve=curve)
+                               connect=agent_endpoint, curve=curve, pidfile=pidfile)
     endpoint = process.endpoint if process else agent_endpoint
     if not endpoint:
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
     pair = PairedAgent(endpoint, process, name=name, startup_timeout_s=startup_timeout_s,
                        curve_server_key=curve_server_key)
     warm_up()
+    import_module(JOB_FUNCTION.rpartition(".")[0])  # the job's imports, before the first episode
+    gc.collect()
+    gc.freeze()  # what start-up made lives as long as the worker: full collections need not scan it
     try:
         if process:
             try:
                 process.start(startup_timeout_s)
             except AgentStartError as exc:
                 raise WorkerStartError(str(exc)) from None
-            if pidfile:
-                Path(pidfile).write_text(str(process.pid))
         set_paired_agent(pair)
         fixed = list(queues)
         _work_loop(conn, (lambda: fixed) if fixed else (lambda: open_submission_queues(conn)), pair.name, burst)

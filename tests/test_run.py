@@ -131,6 +131,35 @@ def test_pair_restarts_a_hung_agent_and_a_corrupt_env_is_an_env_error(small_test
     assert document["status"] == "finished"
     assert document["score"]["scored_episodes"] == 3
     assert "restarting agent" in "".join(document["agent_logs"].values())
+    assert not _processes_running(str(script)), "an agent outlived its `flateval run`"
+
+
+def _processes_running(needle: str) -> list[int]:
+    """Pids of live processes whose command line mentions `needle`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_agent_pidfile_names_the_current_agent_after_a_restart(tmp_path):
+    """A supervisor kills the agent named in the pidfile; after a restart that must be the new one."""
+    from env_worker.agent_process import AgentProcess
+
+    pidfile = tmp_path / "agent.pid"
+    agent = AgentProcess(DO_NOTHING, tmp_path / "agent.log", pidfile=pidfile)
+    try:
+        agent.start()
+        first = int(pidfile.read_text())
+        assert first == agent.pid
+        agent.restart()
+        assert int(pidfile.read_text()) == agent.pid != first
+    finally:
+        agent.stop()
 
 
 def test_submit_and_stock_rq_worker(redis_url, redis_conn, small_test_set, start_agent):
