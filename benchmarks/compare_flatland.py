@@ -9,32 +9,23 @@ first env_create to its last step (both exclude process start-up).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # flatland-rl ships its own `benchmarks`
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flatland_baseline  # noqa: E402
+from bench_test_set import parser_with_test_set, test_set_for  # noqa: E402
 from throughput import evaluation_wall_s  # noqa: E402
 
-from env_worker.flatland_test_set import generate_test_set  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--test-set", type=Path)
-    parser.add_argument("--preset", default="medium")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = parser_with_test_set(__doc__).parse_args(argv)
     walls: dict[str, list[float]] = {"flatland": [], "flateval-1": [], "flateval-2": []}
-    with tempfile.TemporaryDirectory() as scratch:
-        test_set = args.test_set or Path(scratch) / args.preset
-        if args.test_set is None:
-            generate_test_set(test_set, args.preset)
+    with test_set_for(args) as test_set:
         for _ in range(args.rounds):
             walls["flatland"].append(
                 flatland_baseline.run_flatland_evaluator(test_set, flatland_baseline.free_port())["wall_s"])

@@ -16,6 +16,7 @@ overhead per step = (step-phase time - floor stepping time) / steps.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flatland_baseline  # noqa: E402
 
+from broker.local_run import agent_spin_env  # noqa: E402
 from env_worker.agent_link import AgentLink  # noqa: E402
 from env_worker.agent_process import AgentProcess  # noqa: E402
 from env_worker.episode import run_episode  # noqa: E402
@@ -37,15 +39,23 @@ from flateval.settings import EpisodeSpec  # noqa: E402
 
 
 class LoopTimer(EpisodeObserver):
-    """Times the step loop: from the first actions (end of planning) to the episode's end."""
+    """Times the step loop (from the first actions, the end of planning, to the episode's end) and
+    keeps every step's agent round trip (message sent -> reply received)."""
 
     def __init__(self) -> None:
         self.loop_s = 0.0
         self._start = 0.0
+        self.round_trips: list[float] = []
+        self.env_s = 0.0  # time inside the env adapter's step (flatland's step + wire conversion)
+
+    def env_stepped(self, seconds: float) -> None:
+        self.env_s += seconds
 
     def agent_replied(self, seconds: float, phase: str) -> None:
         if phase == "planning":
             self._start = time.perf_counter()
+        else:
+            self.round_trips.append(seconds)
 
     def episode_ended(self, result) -> None:
         self.loop_s += time.perf_counter() - self._start
@@ -71,7 +81,7 @@ def flateval_step_phase(test_set: Path, link: AgentLink) -> dict:
         if result.outcome != "completed":
             raise RuntimeError(f"{env_file}: {result.outcome}: {result.error}")
         steps += result.steps
-    return {"loop_s": timer.loop_s, "steps": steps}
+    return {"loop_s": timer.loop_s, "steps": steps, "round_trips": timer.round_trips}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,17 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         if test_set is None:
             test_set = Path(scratch) / "medium"
             generate_test_set(test_set, "medium")
+        os.environ.update(agent_spin_env(workers=1))  # as `flateval run --workers 1` starts its agent
         agent = AgentProcess(f"{sys.executable} -m agent_bridge.examples.do_nothing", Path(scratch) / "agent.log")
         agent.start()
         link = AgentLink(agent.endpoint) if args.spin_us is None else AgentLink(agent.endpoint,
                                                                                 spin_s=args.spin_us / 1e6)
-        rows = []
+        rows, round_trips = [], []
         try:
             flateval_step_phase(test_set, link)  # warm-up: imports, caches
             for _ in range(args.rounds):
                 floor = flatland_baseline.direct_step_seconds(test_set)
                 ours = flateval_step_phase(test_set, link)
                 assert ours["steps"] == floor["steps"]
+                round_trips += ours["round_trips"]
                 row = {"floor_ms": floor["per_step_s"] * 1e3,
                        "flateval_ms": (ours["loop_s"] - floor["step_s"]) / floor["steps"] * 1e3,
                        "metrics_ms": metrics_cost_per_step_s() * 1e3}
@@ -116,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test set: {test_set}  steps per round: {floor['steps']}  rounds: {args.rounds}")
     print(f"env step (floor)                      {median('floor_ms'):.3f} ms/step")
     print(f"flateval overhead over the floor      {median('flateval_ms'):.3f} ms/step   (target < 0.100)")
+    round_trips.sort()
+    print(f"agent round trip, do-nothing agent     p50 {1e3 * round_trips[len(round_trips) // 2]:.3f} ms, "
+          f"p99 {1e3 * round_trips[int(len(round_trips) * 0.99)]:.3f} ms over {len(round_trips)} steps   (target p99 < 0.5)")
     print(f"  + Prometheus metrics observer       {median('metrics_ms') * 1e3:.2f} us/step (measured directly)")
     if not args.skip_flatland:
         print(f"flatland overhead, step phase         {median('flatland_ms'):.3f} ms/step")

@@ -71,19 +71,24 @@ def env_files(test_set: Path) -> list[str]:
 
 
 def direct_step_seconds(test_set: Path, seed: int = FLATLAND_SEED) -> dict:
-    """Step every env in-process with empty action dicts: the cost floor any evaluator adds to."""
+    """Step every env in-process with empty action dicts: the cost floor any evaluator adds to.
+
+    Each episode also reports its own `load_s` (load + reset) and `step_s` (the stepping loop)."""
     from flatland.envs.persistence import RailEnvPersister
 
     episodes, total_steps, total_s = [], 0, 0.0
     for rel in env_files(Path(test_set)):
+        started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             env, _ = RailEnvPersister.load_new(str(Path(test_set) / rel))
             env.reset(regenerate_rail=True, regenerate_schedule=True, random_seed=seed)
+        load_s = time.perf_counter() - started
         seconds, steps, cum_reward = _step_until_done(env)
         total_steps += steps
         total_s += seconds
-        episodes.append({"env_file": rel, "steps": steps,
+        episodes.append({"env_file": rel, "steps": steps, "load_s": load_s, "step_s": seconds,
+                         "n_agents": env.get_num_agents(), "width": env.width, "height": env.height,
                          "normalized_return": cum_reward / (env._max_episode_steps * env.get_num_agents())})
     return {"steps": total_steps, "step_s": total_s, "per_step_s": total_s / max(total_steps, 1),
             "episodes": episodes}

@@ -8,16 +8,16 @@ so process start-up is excluded. Rounds alternate 1 and 2 workers; medians are p
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # flatland-rl ships its own `benchmarks`
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_test_set import parser_with_test_set, test_set_for  # noqa: E402
+
 from broker.local_run import run_local  # noqa: E402
-from env_worker.flatland_test_set import generate_test_set  # noqa: E402
 from flateval.settings import RunSettings  # noqa: E402
 
 DO_NOTHING = f"{sys.executable} -m agent_bridge.examples.do_nothing"
@@ -32,16 +32,10 @@ def evaluation_wall_s(test_set: Path, workers: int, agent: str = DO_NOTHING) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--test-set", type=Path)
-    parser.add_argument("--preset", default="medium")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = parser_with_test_set(__doc__)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        test_set = args.test_set or Path(scratch) / args.preset
-        if args.test_set is None:
-            generate_test_set(test_set, args.preset)
+    with test_set_for(args) as test_set:
         walls: dict[int, list[float]] = {w: [] for w in args.workers}
         for _ in range(args.rounds):
             for workers in args.workers:

@@ -6,7 +6,7 @@ import csv
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 
 @dataclass(frozen=True)
@@ -43,21 +43,23 @@ METADATA_COLUMNS = ["test_id", "env_id", "n_agents", "x_dim", "y_dim", "n_cities
 
 def generate_test_set(
     out: str | Path,
-    preset: str = "small",
+    preset: str | Sequence[TestConfig] = "small",
     seed: int = 42,
     progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Write every level of `preset` under `out`; return the env files written."""
+    """Write every level of `preset` (a preset's name, or the tests themselves) under `out`; return
+    the env files written."""
     from flatland.env_generation.env_generator import env_generator
     from flatland.envs.persistence import RailEnvPersister
 
-    if preset not in PRESETS:
+    if isinstance(preset, str) and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    configs = PRESETS[preset] if isinstance(preset, str) else list(preset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows = []
-    for test_id, config in enumerate(PRESETS[preset]):
+    for test_id, config in enumerate(configs):
         for level in range(config.levels):
             level_seed = seed + 1000 * test_id + level
             with warnings.catch_warnings():
