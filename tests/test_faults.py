@@ -49,6 +49,20 @@ def stop_process(process: subprocess.Popen, grace_s: float = 30) -> None:
         process.communicate()
 
 
+def _kill_group(pgid: int) -> bool:
+    """Kill a process group; True if a live process (not a zombie waiting for init) was in it."""
+    live = False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue
+        live = live or (int(group) == pgid and state != "Z")
+    if live:
+        os.killpg(pgid, signal.SIGKILL)
+    return live
+
+
 def pids_of(pattern: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -257,16 +271,23 @@ def test_worker_does_not_grow_over_500_episodes(redis_url, redis_conn, small_tes
         (many / f"Test_{test}").mkdir(parents=True, exist_ok=True)
         shutil.copy(smallest, many / f"Test_{test}" / f"Level_{level}.pkl")
     sid = flateval("submit", "--redis", redis_url, "--test-set", str(many)).stdout.strip()
+    pidfile = tmp_path / "agent.pid"
     worker = subprocess.Popen([*FLATEVAL, "worker", "--redis", redis_url, "--queue", f"flateval-{sid}",
-                               "--agent-command", DO_NOTHING, "--agent-log", str(tmp_path / "agent.log")],
+                               "--agent-command", DO_NOTHING, "--agent-log", str(tmp_path / "agent.log"),
+                               "--agent-pidfile", str(pidfile)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: redis_conn.hlen(store.results_key(sid)) >= 200, 120, "200 episodes")
         rss_200, fds_200 = _rss_kb(worker.pid), len(os.listdir(f"/proc/{worker.pid}/fd"))
         wait_for(lambda: redis_conn.hget(store.submission_key(sid), "status") == b"finished", 300, "500 episodes")
         rss_2000, fds_2000 = _rss_kb(worker.pid), len(os.listdir(f"/proc/{worker.pid}/fd"))
+        worker.terminate()  # idle now, blocked on its empty queue: SIGTERM stops it at once, agent too
+        worker.communicate(timeout=30)
     finally:
         stop_process(worker)
+        agent_left = _kill_group(int(pidfile.read_text())) if pidfile.exists() else False
+    assert worker.returncode == 0
+    assert not agent_left, "the worker left its agent running"
     assert redis_conn.hlen(store.results_key(sid)) == 500
     assert fds_2000 <= fds_200, (fds_200, fds_2000)
     assert rss_2000 - rss_200 < 8_000, (rss_200, rss_2000)
