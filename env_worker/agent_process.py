@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import zmq
 
@@ -63,6 +64,34 @@ def agent_environment(bind: str, base: dict[str, str] | None = None, curve_secre
     return env
 
 
+def wait_for_handshake(endpoint: str, timeout_s: float, curve_server_key: str | None = None,
+                       exited: Callable[[], str | None] = lambda: None,
+                       last_output: Callable[[], str] = lambda: "") -> None:
+    """Block until the agent at `endpoint` answers a hello; `AgentStartError` if it does not within
+    `timeout_s`, or as soon as `exited` names a reason (the agent's process is gone)."""
+    deadline = time.monotonic() + timeout_s
+    link = AgentLink(endpoint, curve_server_key=curve_server_key)
+    wait = 0.25  # short at first to notice an early exit; doubling so a slow hello still lands
+    try:
+        while True:
+            reason = exited()
+            if reason is not None:
+                raise AgentStartError(reason)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AgentStartError(
+                    f"agent did not answer the handshake on {endpoint} within {timeout_s:g} s{last_output()}")
+            try:
+                link.request(wire.hello_request(), min(wait, left))
+                return
+            except AgentFault as exc:
+                if "protocol" in str(exc):
+                    raise AgentStartError(f"agent handshake failed: {exc}") from None
+                wait = min(wait * 2, 5.0)
+    finally:
+        link.close()
+
+
 class AgentProcess:
     """One agent instance started from a shell command."""
 
@@ -108,31 +137,18 @@ class AgentProcess:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the agent answers a hello, it exits, or `timeout_s` passes."""
-        deadline = time.monotonic() + timeout_s
-        link = AgentLink(self.endpoint, curve_server_key=self.curve_public_key)
-        wait = 0.25  # short at first to notice an early exit; doubling so a slow hello still lands
-        try:
-            while True:
-                code = self.process.poll() if self.process else None
-                if code is not None:
-                    last = self.output_tail(400).strip().splitlines()
-                    hint = f": {last[-1]}" if last else ""
-                    raise AgentStartError(f"agent command exited with code {code} before answering{hint}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    last = self.output_tail(400).strip().splitlines()
-                    hint = f" (its last output: {last[-1]})" if last else ""
-                    raise AgentStartError(
-                        f"agent did not answer the handshake on {self.endpoint} within {timeout_s:g} s{hint}")
-                try:
-                    link.request(wire.hello_request(), min(wait, left))
-                    return
-                except AgentFault as exc:
-                    if "protocol" in str(exc):
-                        raise AgentStartError(f"agent handshake failed: {exc}") from None
-                    wait = min(wait * 2, 5.0)
-        finally:
-            link.close()
+        def exited() -> str | None:
+            code = self.process.poll() if self.process else None
+            if code is None:
+                return None
+            last = self.output_tail(400).strip().splitlines()
+            return f"agent command exited with code {code} before answering" + (f": {last[-1]}" if last else "")
+
+        def last_output() -> str:
+            last = self.output_tail(400).strip().splitlines()
+            return f" (its last output: {last[-1]})" if last else ""
+
+        wait_for_handshake(self.endpoint, timeout_s, self.curve_public_key, exited, last_output)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from broker import reaper, store
 from broker.connection import RedisUnreachable, connect
 from broker.submit import JOB_FUNCTION
-from env_worker.agent_process import AgentProcess, AgentStartError
+from env_worker.agent_process import AgentProcess, AgentStartError, wait_for_handshake
 from env_worker.agent_slots import NoFreeSlot, claim_slot
 from env_worker.flatland_env import warm_up
 from env_worker.pairing import PairedAgent, set_paired_agent
@@ -130,11 +130,13 @@ def run_worker(
     gc.collect()
     gc.freeze()  # what start-up made lives as long as the worker: full collections need not scan it
     try:
-        if process:
-            try:
+        try:
+            if process:
                 process.start(startup_timeout_s)
-            except AgentStartError as exc:
-                raise WorkerStartError(str(exc)) from None
+            else:  # someone else's agent (a sidecar): take no episode before it answers
+                wait_for_handshake(endpoint, startup_timeout_s, curve_server_key)
+        except AgentStartError as exc:
+            raise WorkerStartError(str(exc)) from None
         set_paired_agent(pair)
         fixed = list(queues)
         _work_loop(conn, (lambda: fixed) if fixed else (lambda: open_submission_queues(conn)), pair.name, burst)

@@ -185,7 +185,9 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
 @click.option("--agent-pidfile", type=click.Path(dir_okay=False), hidden=True)
 @click.option("--name", help="Worker name (default host:pid).")
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
-@click.option("--startup-timeout", type=float, default=60.0, show_default=True)
+@click.option("--startup-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds for the agent (started, or at --agent-endpoint) to answer its handshake before the "
+                   "worker takes any episode.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), envvar="FLATEVAL_METRICS_PORT",
               help="Serve this worker's /metrics here.")
 @click.option("--agent-slots", type=click.IntRange(min=1), envvar="FLATEVAL_AGENT_SLOTS",

@@ -259,3 +259,19 @@ def test_worker_without_queue_follows_every_submission(redis_url, redis_conn, sm
         _, stderr = worker.communicate(timeout=30)
     assert worker.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_worker_takes_no_episode_before_its_external_agent_answers(redis_url, redis_conn, small_test_set):
+    """A sidecar agent that never comes up fails the worker at start-up (one line), instead of costing
+    the first episodes their planning time."""
+    from tests.conftest import free_port
+
+    sid = flateval("submit", "--redis", redis_url, "--test-set", str(small_test_set)).stdout.strip()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = flateval("worker", "--redis", redis_url, "--queue", f"flateval-{sid}", "--agent-endpoint", endpoint,
+                    "--startup-timeout", "1", timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip() == f"flateval: agent did not answer the handshake on {endpoint} within 1 s"
+    assert time.monotonic() - started < 30
+    assert redis_conn.llen(f"rq:queue:flateval-{sid}") == 4  # nothing was taken
