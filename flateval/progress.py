@@ -22,11 +22,11 @@ class ProgressView:
         self._task = None
 
     def __enter__(self) -> "ProgressView":
-        self._progress.__enter__()
-        return self
+        return self  # the bar appears with the first progress: an early error prints only its line
 
     def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
+        if self._task is not None:
+            self._progress.__exit__(*exc)
 
     def update(self, results: list[dict], total: int) -> None:
         scored = [r["normalized_return"] for r in results if r.get("normalized_return") is not None]
@@ -35,6 +35,7 @@ class ProgressView:
         summary = f"mean NR {fmean(scored):+.4f}" if scored else "mean NR -"
         summary += f"  timeouts {timeouts}  errors {errors}"
         if self._task is None:
+            self._progress.start()
             self._task = self._progress.add_task("episodes", total=total, summary=summary)
         self._progress.update(self._task, completed=len(results), total=total, summary=summary)
 

@@ -255,8 +255,8 @@ def test_cli_errors_are_one_line(args, message):
     started = time.monotonic()
     done = flateval("run", "--agent", DO_NOTHING, *args)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "Traceback" not in done.stderr
-    assert done.stderr.strip().startswith(f"flateval: {message}")
+    assert done.stderr.splitlines() == [done.stderr.strip()] and "Traceback" not in done.stderr  # no blank line either
+    assert done.stderr.startswith(f"flateval: {message}")
     assert time.monotonic() - started < 20  # before any worker or agent started
     assert leftover_processes("flateval-run-") == []
 
