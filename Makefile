@@ -1,10 +1,10 @@
 # Two commands set everything up from a fresh clone (Python 3.10+, no Redis, no root):
-#   make run    evaluate the bundled random agent on the bundled test set
+#   make run    evaluate the bundled planner agent on the bundled test set
 #   make test   run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-AGENT  ?= $(BIN)/python -m agent_bridge.examples.random_agent
+AGENT  ?= $(BIN)/python -m agent_bridge.examples.shortest_path
 
 .PHONY: run test bench install clean
 

@@ -172,6 +172,32 @@ def hello_request() -> dict:
     return {"type": HELLO, "protocol": PROTOCOL_VERSION}
 
 
+def episode_start_request(*, episode_id: str, env_file: str, seed: int, env: Mapping[str, Any],
+                          observation: Mapping[str, Any] | None, planning_s: float, step_s: float,
+                          observations: Any, info: Mapping[str, Any]) -> dict:
+    """The first request of an episode: the env's static facts, the deadlines, the first observations."""
+    return {"type": EPISODE_START, "episode_id": episode_id, "env_file": env_file, "seed": seed, "env": env,
+            "observation": observation, "step": 0, "deadlines": {"planning_s": planning_s, "step_s": step_s},
+            "observations": observations, "info": info}
+
+
+def step_request(step: int, observations: Any, rewards: Any, dones: Any, info: Mapping[str, Any]) -> dict:
+    """One step's request: what the previous actions led to; the reply holds the next actions."""
+    return {"type": STEP, "step": step, "observations": observations, "rewards": rewards, "dones": dones,
+            "info": info}
+
+
+def episode_end_request(*, episode_id: str, outcome: str, normalized_return: float | None,
+                        percentage_complete: float | None, steps: int) -> dict:
+    return {"type": EPISODE_END, "episode_id": episode_id, "outcome": outcome,
+            "normalized_return": normalized_return, "percentage_complete": percentage_complete, "steps": steps}
+
+
+def aborted_request(episode_id: str, reason: str) -> dict:
+    """The notice that `episode_id` was cut; sent before the env side's next request."""
+    return {"type": ABORTED, "episode_id": episode_id, "reason": reason}
+
+
 def hello_reply(name: str, observation: Mapping[str, Any] | None) -> dict:
     return {"type": HELLO, "protocol": PROTOCOL_VERSION, "name": name, "observation": observation}
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Protocol
 import zmq
 
 from agent_bridge import protocol as wire
+from agent_bridge.spin import spin_until_readable
 
 DEFAULT_ENDPOINT = "tcp://*:8086"
 BIND_ENV = "FLATEVAL_AGENT_BIND"
@@ -184,7 +185,7 @@ def serve(
                 out = wire.encode(wire.error_reply(f"{type(exc).__name__}: {exc}"))
             sock.send(out, copy=True)
             if spin_s:
-                _spin_until_readable(sock, time.perf_counter() + spin_s)
+                spin_until_readable(sock, time.perf_counter() + spin_s)
     except KeyboardInterrupt:
         pass
     finally:
@@ -198,9 +199,3 @@ def _import_numpy() -> None:
         import numpy  # noqa: F401
     except ImportError:  # an agent without numpy still serves messages without arrays
         pass
-
-
-def _spin_until_readable(sock: zmq.Socket, until: float) -> None:
-    """Busy-poll, yielding the core, until a request is readable or `until` (see AgentLink)."""
-    while not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and time.perf_counter() < until:
-        os.sched_yield()

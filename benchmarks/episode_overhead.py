@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flatland_baseline  # noqa: E402
 
-from broker.local_run import agent_spin_env  # noqa: E402
+from flateval.local_cluster import agent_spin_env  # noqa: E402
 from env_worker.agent_link import AgentLink  # noqa: E402
 from env_worker.agent_process import AgentProcess  # noqa: E402
 from env_worker.episode import run_episode  # noqa: E402
 from env_worker.flatland_test_set import generate_test_set  # noqa: E402
-from env_worker.metrics import metrics_observer  # noqa: E402
+from env_worker.metrics import MetricsObserver  # noqa: E402
 from env_worker.observers import EpisodeObserver  # noqa: E402
-from flateval.settings import EpisodeSpec  # noqa: E402
+from core.episode_spec import EpisodeSpec  # noqa: E402
 
 
 class LoopTimer(EpisodeObserver):
@@ -48,7 +48,7 @@ class LoopTimer(EpisodeObserver):
         self.round_trips: list[float] = []
         self.env_s = 0.0  # time inside the env adapter's step (flatland's step + wire conversion)
 
-    def env_stepped(self, seconds: float) -> None:
+    def env_stepped(self, seconds: float, actions: object, outcome: object) -> None:
         self.env_s += seconds
 
     def agent_replied(self, seconds: float, phase: str) -> None:
@@ -64,10 +64,10 @@ class LoopTimer(EpisodeObserver):
 def metrics_cost_per_step_s(steps: int = 200_000) -> float:
     """What the Prometheus observer adds to one step (its two per-step hooks), measured directly:
     far below what an end-to-end difference could resolve on a busy 2-core machine."""
-    observer = metrics_observer()
+    observer = MetricsObserver()
     started = time.perf_counter()
     for _ in range(steps):
-        observer.env_stepped(0.0002)
+        observer.env_stepped(0.0002, None, None)
         observer.agent_replied(0.00005, "step")
     return (time.perf_counter() - started) / steps
 

@@ -31,13 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from episode_overhead import LoopTimer  # noqa: E402
 
 from agent_bridge import protocol as wire  # noqa: E402
-from broker.local_run import agent_spin_env  # noqa: E402
+from flateval.local_cluster import agent_spin_env  # noqa: E402
 from env_worker.agent_link import AgentLink  # noqa: E402
 from env_worker.agent_process import AgentProcess  # noqa: E402
 from env_worker.episode import run_episode  # noqa: E402
 from env_worker.flatland_env import FlatlandEnv, warm_up  # noqa: E402
 from env_worker.flatland_test_set import TestConfig, generate_test_set  # noqa: E402
-from flateval.settings import EpisodeSpec  # noqa: E402
+from core.episode_spec import EpisodeSpec  # noqa: E402
 
 SHAPE = TestConfig(50, 20, 35, 3, levels=1)  # NeurIPS 2020 Round 1, Test_3
 BUILDERS = {

@@ -17,15 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_test_set import parser_with_test_set, test_set_for  # noqa: E402
 
-from broker.local_run import run_local  # noqa: E402
-from flateval.settings import RunSettings  # noqa: E402
+from core.settings import RunSettings  # noqa: E402
+from flateval.local_cluster import run_local  # noqa: E402
+from flateval.planning import plan_run  # noqa: E402
 
 DO_NOTHING = f"{sys.executable} -m agent_bridge.examples.do_nothing"
 
 
 def evaluation_wall_s(test_set: Path, workers: int, agent: str = DO_NOTHING) -> tuple[float, dict]:
     """`timing.wall_s` of one `flateval run` (start-up excluded), and its results document."""
-    document = run_local(RunSettings(agent_command=agent, test_set=str(test_set), workers=workers))
+    document = run_local(RunSettings(agent_command=agent, test_set=str(test_set), workers=workers),
+                         plan_run(test_set=str(test_set)))
     if document["status"] != "finished":
         raise RuntimeError(f"run ended {document['status']}: {document.get('error')}")
     return document["timing"]["wall_s"], document

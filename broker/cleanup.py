@@ -40,19 +40,18 @@ def cleanup_ended(conn: redis.Redis, older_than_s: float = QUEUE_GRACE_S, ttl_s:
     cleaned = 0
     for raw in conn.zrange(store.SUBMISSIONS, 0, -1):
         sid = raw.decode()
-        fields = conn.hmget(store.submission_key(sid), "status", "finished_at", "failed_at", "cancelled_at",
-                            "cleaned_at")
-        status, *ended, cleaned_at = fields
-        if status is None:  # the record expired: forget the id too
+        record = store.get_submission(conn, sid)
+        if record is None:  # the record expired: forget the id too
             conn.zrem(store.SUBMISSIONS, sid)
             continue
-        ended_at = max((float(e) for e in ended if e), default=None)
-        if cleaned_at or status.decode() not in store.TERMINAL or ended_at is None or now - ended_at < older_than_s:
+        ended_at = record.ended_at
+        if record.cleaned_at or record.status not in store.TERMINAL or ended_at is None \
+                or now - ended_at < older_than_s:
             continue
         _drop_rq_state(conn, sid)
         ttl = max(1, int(ttl_s))
         pipe = conn.pipeline()
-        pipe.hset(store.submission_key(sid), "cleaned_at", repr(now))
+        pipe.hset(store.submission_key(sid), mapping=store.encode_fields({"cleaned_at": now}))
         for key in (store.submission_key(sid), store.results_key(sid), store.agent_logs_key(sid)):
             pipe.expire(key, ttl)
         pipe.delete(store.specs_key(sid))

@@ -7,7 +7,6 @@ means no process has to keep counters in sync with Redis, and nothing is written
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from typing import Iterable
@@ -20,6 +19,7 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from broker import store
+from scoring.aggregate import primary_score
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RECENT_S = 3600.0
@@ -57,30 +57,28 @@ class RedisCollector:
         sids = [s.decode() for s in conn.zrange(store.SUBMISSIONS, 0, -1)]
         pipe = conn.pipeline()
         for sid in sids:
-            pipe.hmget(store.submission_key(sid), "status", "score", "settings", "finished_at", "failed_at",
-                       "cancelled_at")
-        rows = pipe.execute()
+            pipe.hgetall(store.submission_key(sid))
+        records = [store.Submission.from_hash(raw) for raw in pipe.execute() if raw]
         by_state = Counter()
         scores = GaugeMetricFamily("flateval_submission_mean_normalized_return",
                                    "Mean normalized return so far, per running or recently ended submission.",
                                    labels=["submission"])
         now = time.time()
         deadlines = []
-        for sid, (status, score, settings, *ended) in zip(sids, rows):
-            status = status.decode() if status else "unknown"
-            by_state[status] += 1
-            ended_at = max((float(e) for e in ended if e), default=None)
-            recent = status == store.RUNNING or (ended_at is not None and now - ended_at < RECENT_S)
-            if recent and settings:
-                deadlines.append(json.loads(settings).get("step_timeout_s"))
-            if status == store.RUNNING:
-                value = _running_mean(conn, sid)
-            elif status == store.FINISHED and ended_at and now - ended_at < RECENT_S and score:
-                value = json.loads(score).get("mean_normalized_return")
+        for record in records:
+            by_state[record.status] += 1
+            ended_at = record.ended_at
+            recent = record.status == store.RUNNING or (ended_at is not None and now - ended_at < RECENT_S)
+            if recent:
+                deadlines.append(record.settings.get("step_timeout_s"))
+            if record.status == store.RUNNING:
+                value = primary_score(store.get_results(conn, record.id), record.aggregation)
+            elif record.status == store.FINISHED and ended_at and now - ended_at < RECENT_S and record.score:
+                value = record.score.get("mean_normalized_return")
             else:
                 continue
             if value is not None:
-                scores.add_metric([sid], value)
+                scores.add_metric([record.id], value)
         states_metric = GaugeMetricFamily("flateval_submissions", "Submissions, by state.", labels=["state"])
         for state in (store.SUBMITTED, store.QUEUED, store.RUNNING, store.FINISHED, store.FAILED, store.CANCELLED):
             states_metric.add_metric([state], by_state.get(state, 0))
@@ -91,12 +89,6 @@ class RedisCollector:
             yield GaugeMetricFamily("flateval_step_deadline_seconds",
                                     "Per-step deadline of the running and recently ended submissions (the largest).",
                                     value=max(deadlines))
-
-
-def _running_mean(conn: redis.Redis, sid: str) -> float | None:
-    values = [json.loads(v).get("normalized_return") for v in conn.hvals(store.results_key(sid))]
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def metrics_registry(conn: redis.Redis | None = None, multiprocess_dir: str | None = None) -> CollectorRegistry:

@@ -15,20 +15,19 @@ one whole episode (its deadlines), so a drain, an eviction or a deleted ScaledJo
 episode finish: SIGTERM is RQ's warm shutdown. The shared objects (Redis, the exporter, the
 NetworkPolicies, the KEDA TriggerAuthentication) are in deploy/k8s/base.
 
-    python -m broker.k8s_manifests SUBMISSION_ID AGENT_IMAGE | kubectl apply -f -
+    flateval k8s-manifests SUBMISSION_ID AGENT_IMAGE | kubectl apply -f -
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import sys
 from typing import Any, Iterable, Sequence
 
 import yaml
 
-from broker.store import queue_name
+from broker.store import queue_list_key, queue_name
+from core.challenge import TimeLimits
 
 WORKER_IMAGE = "flateval/worker:0.1.0"
 NAMESPACE = "flateval"
@@ -41,21 +40,17 @@ TEST_SET_DIR = "/test-set"
 AGENT_PORT = 8086
 METRICS_PORT = 9109
 
-NEURIPS2020_PLANNING_S = 300
-NEURIPS2020_STEP_S = 5
 NEURIPS2020_MAX_EPISODE_STEPS = 3722
-"""The largest ``max_episode_steps`` of the neurips2020-debug test set (Test_13, 400 trains, 150x150)."""
+"""The largest ``max_episode_steps`` of the neurips2020-debug test set (Test_13, 400 trains, 150x150):
+a fact of the test set, not a rule of the challenge."""
 
 
-def episode_bound_s(max_episode_steps: int, planning_s: float = NEURIPS2020_PLANNING_S,
-                    step_s: float = NEURIPS2020_STEP_S, margin_s: float = 60) -> int:
-    """The longest an episode can last under its deadlines (planning, then every step at its limit),
-    plus a margin for loading the env and storing the result."""
-    return int(math.ceil(planning_s + max_episode_steps * step_s + margin_s))
-
-
-DEFAULT_GRACE_S = episode_bound_s(NEURIPS2020_MAX_EPISODE_STEPS)
-"""18,970 s: one worst-case neurips2020 episode (300 s planning + 3,722 steps x 5 s + 60 s)."""
+def episode_bound_s(limits: TimeLimits, max_episode_steps: int = NEURIPS2020_MAX_EPISODE_STEPS,
+                    margin_s: float = 60) -> int:
+    """The longest an episode can last under the challenge's deadlines (planning, then every step at
+    its limit), plus a margin for loading the env and storing the result. Under neurips2020's
+    limits: 18,970 s (300 s planning + 3,722 steps x 5 s + 60 s)."""
+    return int(math.ceil(limits.planning_s + max_episode_steps * limits.step_s + margin_s))
 
 _SID = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _MAX_NAME = 52  # Job names get a suffix from KEDA and must stay a valid label value (63)
@@ -65,11 +60,6 @@ LABELS = {"app.kubernetes.io/name": "flateval", "app.kubernetes.io/part-of": "fl
 
 def object_name(submission_id: str) -> str:
     return f"flateval-{submission_id}"
-
-
-def queue_list(submission_id: str) -> str:
-    """The Redis list KEDA watches: RQ keeps queue `q` in the list ``rq:queue:<q>``."""
-    return f"rq:queue:{queue_name(submission_id)}"
 
 
 def _check(submission_id: str, agent_image: str, max_replicas: int, grace_s: int) -> None:
@@ -99,7 +89,7 @@ def submission_manifests(
     cpu: str = "4",
     memory: str = "15Gi",
     max_replicas: int = 10,
-    grace_s: int = DEFAULT_GRACE_S,
+    grace_s: int | None = None,
     worker_cpu: str = "1",
     worker_memory: str = "2Gi",
     test_set_claim: str | None = TEST_SET_CLAIM,
@@ -110,8 +100,10 @@ def submission_manifests(
     `cpu`/`memory` are the agent container's requests and limits (the challenge's agent resources);
     `worker_cpu`/`worker_memory` the env worker's. `test_set_claim` is a PersistentVolumeClaim holding
     the test set (mounted read-only at /test-set); None when the worker image carries the test set at
-    /test-set itself. `grace_s` is the pod's termination grace period: at least one episode.
+    /test-set itself. `grace_s` is the pod's termination grace period: at least one episode (default:
+    one worst-case episode under the default time limits, `episode_bound_s(TimeLimits())`).
     """
+    grace_s = episode_bound_s(TimeLimits()) if grace_s is None else grace_s
     _check(submission_id, agent_image, max_replicas, grace_s)
     name = object_name(submission_id)
     labels = {**LABELS, "flateval.io/submission": submission_id}
@@ -196,7 +188,7 @@ def submission_manifests(
                 "type": "redis",
                 "name": "episodes-queued",
                 "metadata": {
-                    "listName": queue_list(submission_id),
+                    "listName": queue_list_key(submission_id),
                     "listLength": "1",
                     "activationListLength": "0",
                     "databaseIndex": "0",
@@ -211,44 +203,3 @@ def submission_manifests(
 def to_yaml(objects: Iterable[dict[str, Any]]) -> str:
     """A multi-document YAML stream, keys in the order built (kubectl apply -f - reads it)."""
     return yaml.safe_dump_all(list(objects), sort_keys=False, default_flow_style=False, width=120)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m broker.k8s_manifests",
-                                     description="Print one submission's Kubernetes objects (kubectl apply -f -).")
-    parser.add_argument("submission_id")
-    parser.add_argument("agent_image")
-    parser.add_argument("--namespace", default=NAMESPACE)
-    parser.add_argument("--worker-image", default=WORKER_IMAGE)
-    parser.add_argument("--challenge", help="take the agent's cpu/memory from this challenge (default: neurips2020)")
-    parser.add_argument("--phase", help="phase of the challenge (default: its default phase)")
-    parser.add_argument("--cpu", help="agent CPU (overrides the challenge's)")
-    parser.add_argument("--memory", help="agent memory, e.g. 15Gi (overrides the challenge's)")
-    parser.add_argument("--max-replicas", type=int, default=10)
-    parser.add_argument("--grace-s", type=int, default=DEFAULT_GRACE_S)
-    parser.add_argument("--test-set-claim", default=TEST_SET_CLAIM,
-                        help="PVC with the test set; '' if the worker image holds it at /test-set")
-    parser.add_argument("--image-pull-secret", action="append", default=[])
-    args = parser.parse_args(argv)
-
-    from flateval.challenge import ChallengeError, load_challenge
-
-    try:
-        resources = load_challenge(args.challenge).phase(args.phase).agent_resources
-    except ChallengeError as exc:
-        parser.error(str(exc))
-    cpu = args.cpu or (f"{resources.cpu:g}")
-    memory = args.memory or resources.memory
-    try:
-        objects = submission_manifests(
-            args.submission_id, args.agent_image, namespace=args.namespace, worker_image=args.worker_image,
-            cpu=cpu, memory=memory, max_replicas=args.max_replicas, grace_s=args.grace_s,
-            test_set_claim=args.test_set_claim or None, image_pull_secrets=args.image_pull_secret)
-    except ValueError as exc:
-        parser.error(str(exc))
-    sys.stdout.write(to_yaml(objects))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 from broker.test_set import EnvFile, discover
-from flateval.challenge import Challenge, Phase, load_challenge
-from flateval.settings import (
-    DEFAULT_ENV_SEED,
-    DEFAULT_GYMNASIUM_SEED,
-    FLATLAND,
-    GYMNASIUM,
-    EpisodeSpec,
-    parse_env,
-)
+from core.challenge import Challenge, Phase, load_challenge
+from core.episode_spec import EpisodeSpec, parse_env
+from core.settings import DEFAULT_ENV_SEED, DEFAULT_GYMNASIUM_SEED, FLATLAND, GYMNASIUM
 
 
 class PlanError(ValueError):
@@ -57,14 +51,11 @@ class SubmissionPlan:
     phase: str = ""
     test_set: str = ""  # the test set's directory ("" for a gymnasium env)
 
-    def record_fields(self) -> dict:
-        """What the submission record keeps of the plan (read back by workers and finalization)."""
-        return {
-            "challenge": self.challenge, "phase": self.phase, "aggregation": self.aggregation,
-            "overall_s": self.overall_s,
-            "max_consecutive_timeouts": "" if self.max_consecutive_timeouts is None else self.max_consecutive_timeouts,
-            "completion_gate": "" if self.completion_gate is None else self.completion_gate,
-        }
+    @property
+    def env_id(self) -> str | None:
+        """The gymnasium env id the episodes play (None: a Flatland test set)."""
+        kind, env_id = parse_env(self.template.env)
+        return env_id if kind == GYMNASIUM else None
 
 
 def make_plan(
@@ -116,8 +107,9 @@ def plan_submission(
     else the challenge's, else `default_test_set`), or ``--env gymnasium:ENV_ID`` played ``--episodes``
     times (without ``--challenge``, under the bundled ``gymnasium`` challenge's rules).
 
-    Raises `PlanError`, `ChallengeError` or `TestSetError`, each one line, before anything starts;
-    a gymnasium env is made once here, so an unknown id fails now rather than in every episode.
+    Raises `PlanError`, `ChallengeError` or `TestSetError`, each one line, before anything starts.
+    Whether a gymnasium env can be made at all is the env workers' knowledge: the command line asks
+    them (`flateval.planning`), so an unknown id fails before anything starts too.
     """
     rules = load_challenge(challenge or (GYMNASIUM if env else None))
     env_id = _env_id(env, rules, test_set)
@@ -136,7 +128,6 @@ def plan_submission(
     seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_GYMNASIUM_SEED
     if seed < 0:
         raise PlanError(f"--seed: a gymnasium seed must be at least 0, got {seed}")
-    _check_gymnasium_env(env_id, seed)
     chosen = replace(chosen, episodes=episodes or chosen.episodes)
     return make_plan(gymnasium_episodes(env_id, chosen.episodes, seed), chosen, challenge=rules.name,
                      env=f"{GYMNASIUM}:{env_id}", seed=seed, planning_timeout_s=planning_timeout_s,
@@ -161,13 +152,3 @@ def _env_id(env: str | None, rules: Challenge, test_set: str | None) -> str | No
         raise PlanError(f"--env {env}: challenge {rules.name} is a {rules.environment} challenge "
                         "(give one with environment: gymnasium, or no --challenge)")
     return env_id
-
-
-def _check_gymnasium_env(env_id: str, seed: int) -> None:
-    from env_worker.env_adapter import EnvLoadError
-    from env_worker.gymnasium_env import GymnasiumEnv
-
-    try:
-        GymnasiumEnv(env_id, seed).release()
-    except EnvLoadError as exc:
-        raise PlanError(str(exc)) from None

@@ -28,16 +28,12 @@ START_GRACE_S = 5.0
 """A job RQ just marked started may not have taken its lease yet."""
 
 
-def lease_key(job_id: str) -> str:
-    return f"flateval:lease:{job_id}"
-
-
 def take_lease(conn: redis.Redis, job_id: str, owner: str) -> None:
-    conn.set(lease_key(job_id), owner, ex=LEASE_S)
+    conn.set(store.lease_key(job_id), owner, ex=LEASE_S)
 
 
 def drop_lease(conn: redis.Redis, job_id: str) -> None:
-    conn.delete(lease_key(job_id))
+    conn.delete(store.lease_key(job_id))
 
 
 def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
@@ -49,7 +45,7 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
     for raw in conn.zrange(registry.key, 0, -1):
         entry = raw.decode()
         job_id = entry.split(":", 1)[0]  # RQ 2 keeps "<job id>:<execution id>"; RQ 1 the job id
-        if conn.exists(lease_key(job_id)):
+        if conn.exists(store.lease_key(job_id)):
             continue
         try:
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
@@ -59,7 +55,7 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
         started = job.started_at.replace(tzinfo=timezone.utc) if job.started_at else None
         if started is not None and (now - started).total_seconds() < START_GRACE_S:
             continue
-        if not conn.set(f"flateval:reaped:{job_id}:{job.started_at}", 1, nx=True, ex=60):
+        if not conn.set(store.reaped_key(job_id, job.started_at), 1, nx=True, ex=60):
             continue  # another reaper got there first
         conn.zrem(registry.key, entry)
         queue.enqueue_job(job)
@@ -70,11 +66,11 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
 def reap_open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[str]:
     """`requeue_orphans` over the given (default: every open) submission."""
     if sids is None:
-        sids = [s.decode() for s in conn.zrange(store.SUBMISSIONS, 0, -1)]
+        sids = store.open_submissions(conn)
+    else:
+        sids = [sid for sid, status in zip(sids, store.get_statuses(conn, sids)) if status not in (None, *store.TERMINAL)]
     requeued = []
     for sid in sids:
-        status = conn.hget(store.submission_key(sid), "status")
-        if status is not None and status.decode() not in store.TERMINAL:
-            requeued += requeue_orphans(conn, sid)
+        requeued += requeue_orphans(conn, sid)
     return requeued
 

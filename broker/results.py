@@ -15,28 +15,30 @@ def results_document(conn: redis.Redis, sid: str) -> dict[str, Any]:
     if record is None:
         raise KeyError(sid)
     episodes = store.get_results(conn, sid)
-    score = record.get("score") or aggregate([])
-    if record["status"] != store.FINISHED:
+    score = record.score or aggregate([])
+    if record.status != store.FINISHED:
         score = {**score, "mean_normalized_return": None, "mean_percentage_complete": None}
-    enqueued = float(record.get("enqueued_at", 0) or 0)
-    last = float(record.get("last_result_at", 0) or 0)
+    enqueued = record.enqueued_at or 0.0
+    last = record.last_result_at or 0.0
     return {
         "submission_id": sid,
-        "name": record.get("name"),
-        "status": record["status"],
-        "error": record.get("error"),
+        "name": record.name,
+        "status": record.status,
+        "error": record.error,
         "score": score,
         "timing": {
             "wall_s": (last - enqueued) if enqueued and last else None,
-            "submitted_at": float(record.get("submitted_at", 0) or 0) or None,
+            "submitted_at": record.submitted_at or None,
             "enqueued_at": enqueued or None,
             "last_result_at": last or None,
         },
-        "n_episodes": record.get("n_episodes"),
-        "challenge": record.get("challenge"),
-        "phase": record.get("phase"),
-        "stopped_by": record.get("stopped_by"),
-        "settings": {**(record.get("settings") or {}), "phase": record.get("phase")},
+        "n_episodes": record.n_episodes,
+        "challenge": record.challenge,
+        "phase": record.phase,
+        "stopped_by": record.stopped_by,
+        "settings": {**record.settings, "overall_s": record.overall_s, "aggregation": record.aggregation,
+                     "max_consecutive_timeouts": record.max_consecutive_timeouts,
+                     "completion_gate": record.completion_gate, "phase": record.phase},
         "episodes": episodes,
         "agent_logs": store.get_agent_logs(conn, sid),
     }

@@ -29,11 +29,11 @@ def after_result(conn: redis.Redis, sid: str, test: int | None, state: int, stre
         store.finalize(conn, sid)
         return
     record = store.get_submission(conn, sid)
-    limit = record.get("max_consecutive_timeouts")
+    limit = record.max_consecutive_timeouts
     if limit and streak >= limit:
         fail(conn, sid, f"{streak} consecutive timeouts: the evaluation was stopped")
         return
-    if record.get("completion_gate") is not None and record.get("tests"):
+    if record.completion_gate is not None and record.tests:
         _apply_gate(conn, sid, record, test)
 
 
@@ -46,32 +46,31 @@ def fail(conn: redis.Redis, sid: str, reason: str) -> None:
 def check_deadline(conn: redis.Redis, sid: str, deadline_at: float | None) -> bool:
     """Fail the submission if its overall time is up; True if it is (or already was) over."""
     if deadline_at is not None and time.time() > deadline_at:
-        overall = conn.hget(store.submission_key(sid), "overall_s")
-        limit = f" ({float(overall):g} s)" if overall else ""
+        record = store.get_submission(conn, sid)
+        limit = f" ({record.overall_s:g} s)" if record and record.overall_s else ""
         fail(conn, sid, f"overall time limit{limit} reached")
         return True
     return False
 
 
-def _apply_gate(conn: redis.Redis, sid: str, record: dict, test: int | None) -> None:
-    tests, released = record["tests"], record["released"]
+def _apply_gate(conn: redis.Redis, sid: str, record: store.Submission, test: int | None) -> None:
+    tests, released = record.tests, record.released
     current_test, indices = tests[released - 1]
     if test != current_test or released >= len(tests):
         return  # the last test's end is the ordinary finalization
     raw = conn.hmget(store.results_key(sid), [str(i) for i in indices])
     if any(r is None for r in raw):
         return
-    if not conn.hsetnx(store.submission_key(sid), f"gate_checked:{current_test}", 1):
+    if not store.mark_gate_checked(conn, sid, current_test):
         return  # another worker stored a result of this test at the same moment and decides
     done = [json.loads(r).get("percentage_complete") for r in raw]
     completion = fmean(d for d in done if d is not None) if any(d is not None for d in done) else 0.0
-    if completion < record["completion_gate"]:
+    if completion < record.completion_gate:
         reason = (f"stopped after Test_{current_test}: its mean percentage complete {completion:.3f} "
-                  f"is under the completion gate {record['completion_gate']:g}")
-        count = store.count_results(conn, sid)
-        conn.hset(store.submission_key(sid), mapping={"n_episodes": count, "stopped_by": reason})
-        if conn.hsetnx(store.submission_key(sid), "finalizing", repr(time.time())):
+                  f"is under the completion gate {record.completion_gate:g}")
+        store.update_submission(conn, sid, n_episodes=store.count_results(conn, sid), stopped_by=reason)
+        if store.elect_finalizer(conn, sid):
             store.finalize(conn, sid, store.FINISHED, reason)
         return
     conn.hincrby(store.submission_key(sid), "released", 1)
-    submit.release(conn, sid, tests[released][1], record.get("overall_s") or 3600.0)
+    submit.release(conn, sid, tests[released][1], record.overall_s or 3600.0)

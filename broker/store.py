@@ -3,13 +3,17 @@
 Keys (documented in docs/architecture.md):
 
 - ``flateval:submissions``                  sorted set of submission ids by creation time
-- ``flateval:submission:<id>``              hash: the submission record (status, settings, timing, score)
+- ``flateval:submission:<id>``              hash: the submission record (`Submission`)
 - ``flateval:submission:<id>:results``      hash: episode index -> result record (JSON); a re-run
                                             replaces the field, so a result is never counted twice
 - ``flateval:submission:<id>:agent_logs``   hash: pair name -> last 10,000 chars of its agent's output
 - ``flateval:submission:<id>:specs``        hash: episode index -> episode spec (JSON), kept only
                                             when a completion gate releases tests one by one
-- ``rq:queue:flateval-<id>``                the submission's RQ queue (one job per episode)
+- ``flateval:lease:<job id>``               string: the worker playing that episode job, renewed
+                                            while it plays (see `broker.reaper`)
+- ``flateval:reaped:<job id>:<started>``    string: one reaper requeued that run of the job
+- ``flateval:agent_slot:<i>``               string: the worker paired with compose's agent i
+- ``rq:queue:flateval-<id>``                RQ's list of the submission's queued episode jobs
 
 Status moves ``submitted -> queued -> running -> finished | failed | cancelled``; transitions are
 atomic (Lua), and the terminal states are final.
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import json
 import time
+import typing
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
 import redis
@@ -50,13 +56,135 @@ def specs_key(sid: str) -> str:
     return f"flateval:submission:{sid}:specs"
 
 
+# Keys of one episode job, and of one compose agent: format them with the job id, the slot number.
+lease_key = "flateval:lease:{}".format  # the worker playing the job, renewed while it plays
+reaped_key = "flateval:reaped:{}:{}".format  # (job id, its start): set NX by the one reaper that requeues it
+agent_slot_key = "flateval:agent_slot:{}".format  # the worker paired with compose's agent number <slot>
+
+
+# RQ's names for a submission's queue and jobs: RQ builds its own keys from these.
 def queue_name(sid: str) -> str:
     return f"flateval-{sid}"
+
+
+def episode_job_id(sid: str, index: int) -> str:
+    return f"{queue_name(sid)}-{index}"
+
+
+def queue_list_key(sid: str) -> str:
+    """The Redis list RQ keeps the submission's queued jobs in (what KEDA watches)."""
+    return f"rq:queue:{queue_name(sid)}"
 
 
 def submission_queue(conn: redis.Redis, sid: str) -> Queue:
     """The submission's RQ queue (JSON-serialized jobs, never pickle)."""
     return Queue(queue_name(sid), connection=conn, serializer=JSONSerializer)
+
+
+# ------------------------------------------------------------------------------ the record
+
+FINALIZING_FIELD = "finalizing"
+"""The record field whose HSETNX elects the one process that finalizes the score."""
+
+
+def gate_checked_field(test: Any) -> str:
+    """The record field that marks a test as judged by the completion gate (set once, by HSETNX)."""
+    return f"gate_checked:{test}"
+
+
+
+@dataclass
+class Submission:
+    """One submission's record: what it plays, by which rules, where it stands.
+
+    Stored as the Redis hash ``flateval:submission:<id>`` with one field per attribute (None is
+    no field); `to_hash`/`from_hash` are its only serialization.
+    """
+
+    id: str
+    status: str = SUBMITTED
+    name: str = ""
+    queue: str = ""
+    n_episodes: int = 0
+    test_set: str = ""  # the test set's directory ("" for a gymnasium env)
+    challenge: str = ""
+    phase: str = ""
+    settings: dict = field(default_factory=dict)  # what every episode shares: an EpisodeSpec's fields
+    aggregation: str = "mean"
+    overall_s: float | None = None
+    max_consecutive_timeouts: int | None = None
+    completion_gate: float | None = None
+    agent_command: str | None = None  # flateval run's
+    workers: int | None = None  # flateval run's
+    # the clock (epoch seconds)
+    submitted_at: float | None = None
+    enqueued_at: float | None = None
+    deadline_at: float | None = None
+    queued_at: float | None = None
+    running_at: float | None = None
+    last_result_at: float | None = None
+    finished_at: float | None = None
+    failed_at: float | None = None
+    cancelled_at: float | None = None
+    cleaned_at: float | None = None
+    # the completion gate's units: [[test, [episode indices]], ...], and how many are released
+    tests: list | None = None
+    released: int | None = None
+    consecutive_timeouts: int | None = None
+    finalizing: float | None = None
+    score: dict | None = None
+    error: str | None = None
+    stopped_by: str | None = None
+
+    def to_hash(self) -> dict[str, str]:
+        return encode_fields({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> "Submission":
+        """The record from HGETALL's reply; fields it does not know (the gate's marks) are skipped."""
+        types = _field_types()
+        values = {}
+        for key, value in raw.items():
+            name = key.decode()
+            if name in types:
+                values[name] = _decode(types[name], value.decode())
+        return cls(**values)
+
+    @property
+    def ended_at(self) -> float | None:
+        ended = [t for t in (self.finished_at, self.failed_at, self.cancelled_at) if t is not None]
+        return max(ended, default=None)
+
+
+_TYPES: dict[str, Any] = {}
+
+
+def _field_types() -> dict[str, Any]:
+    if not _TYPES:
+        hints = typing.get_type_hints(Submission)
+        for f in fields(Submission):
+            kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
+            _TYPES[f.name] = kinds[0]
+    return _TYPES
+
+
+def _decode(kind: Any, text: str) -> Any:
+    if kind in (dict, list):
+        return json.loads(text)
+    return kind(text)
+
+
+def encode_fields(values: dict[str, Any]) -> dict[str, str]:
+    """Record fields as hash values: numbers as text (floats exactly, by repr), dicts and lists as
+    JSON; None is left out. A name that is not a `Submission` field is a bug: KeyError."""
+    types = _field_types()
+    out = {}
+    for name, value in values.items():
+        kind = types[name]
+        if value is None:
+            continue
+        out[name] = json.dumps(value) if kind in (dict, list) else repr(float(value)) if kind is float else str(value)
+    return out
 
 
 _TRANSITION = """
@@ -71,9 +199,9 @@ end
 return 0
 """
 
-_RECORD_RESULT = """
+_RECORD_RESULT = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'finished' or status == 'failed' or status == 'cancelled' then return {-1, 0} end
+if status == 'finished' or status == 'failed' or status == 'cancelled' then return {{-1, 0}} end
 local fresh = redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'last_result_at', ARGV[3])
 local streak = 0
@@ -85,10 +213,10 @@ if fresh == 1 then
   end
 end
 local expected = tonumber(redis.call('HGET', KEYS[1], 'n_episodes'))
-if redis.call('HLEN', KEYS[2]) >= expected and redis.call('HSETNX', KEYS[1], 'finalizing', ARGV[3]) == 1 then
-  return {1, streak}
+if redis.call('HLEN', KEYS[2]) >= expected and redis.call('HSETNX', KEYS[1], '{FINALIZING_FIELD}', ARGV[3]) == 1 then
+  return {{1, streak}}
 end
-return {0, streak}
+return {{0, streak}}
 """
 
 
@@ -96,13 +224,18 @@ def _now() -> str:
     return repr(time.time())
 
 
-def create_submission(conn: redis.Redis, sid: str, fields: dict[str, Any]) -> None:
-    record = {"id": sid, "status": SUBMITTED, "submitted_at": _now(), "queue": queue_name(sid)}
-    record.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in fields.items()})
+def create_submission(conn: redis.Redis, submission: Submission) -> None:
+    now = time.time()
+    submission.status, submission.submitted_at, submission.queue = SUBMITTED, now, queue_name(submission.id)
     pipe = conn.pipeline()
-    pipe.hset(submission_key(sid), mapping=record)
-    pipe.zadd(SUBMISSIONS, {sid: time.time()})
+    pipe.hset(submission_key(submission.id), mapping=submission.to_hash())
+    pipe.zadd(SUBMISSIONS, {submission.id: now})
     pipe.execute()
+
+
+def update_submission(conn: redis.Redis, sid: str, **values: Any) -> None:
+    """Set some fields of the record (by their `Submission` names)."""
+    conn.hset(submission_key(sid), mapping=encode_fields(values))
 
 
 def transition(conn: redis.Redis, sid: str, new: str, allowed_from: Iterable[str]) -> bool:
@@ -110,26 +243,28 @@ def transition(conn: redis.Redis, sid: str, new: str, allowed_from: Iterable[str
     return bool(conn.eval(_TRANSITION, 1, submission_key(sid), new, _now(), *allowed_from))
 
 
-def get_submission(conn: redis.Redis, sid: str) -> dict[str, Any] | None:
+def get_submission(conn: redis.Redis, sid: str) -> Submission | None:
     raw = conn.hgetall(submission_key(sid))
-    if not raw:
-        return None
-    record = {k.decode(): v.decode() for k, v in raw.items()}
-    for key in ("score", "settings", "episodes_index"):
-        if key in record:
-            record[key] = json.loads(record[key])
-    for key in ("n_episodes", "released"):
-        if key in record:
-            record[key] = int(record[key])
-    for key in ("deadline_at", "enqueued_at", "overall_s"):
-        if record.get(key):
-            record[key] = float(record[key])
-    for key in ("max_consecutive_timeouts", "completion_gate"):
-        if key in record:
-            record[key] = None if record[key] == "" else float(record[key])
-    if "tests" in record:
-        record["tests"] = json.loads(record["tests"])
-    return record
+    return Submission.from_hash(raw) if raw else None
+
+
+def get_status(conn: redis.Redis, sid: str) -> str | None:
+    """The status alone (one field: cheap enough for a side thread's polling)."""
+    return get_statuses(conn, [sid])[0]
+
+
+def get_statuses(conn: redis.Redis, sids: list[str]) -> list[str | None]:
+    """The statuses of several submissions in one round trip (None: no such record)."""
+    pipe = conn.pipeline()
+    for sid in sids:
+        pipe.hget(submission_key(sid), "status")
+    return [status.decode() if status is not None else None for status in pipe.execute()]
+
+
+def open_submissions(conn: redis.Redis) -> list[str]:
+    """Ids of the submissions still to evaluate, oldest first."""
+    sids = [s.decode() for s in conn.zrange(SUBMISSIONS, 0, -1)]
+    return [sid for sid, status in zip(sids, get_statuses(conn, sids)) if status not in (None, *TERMINAL)]
 
 
 def record_result(conn: redis.Redis, sid: str, index: int, result: dict[str, Any]) -> tuple[int, int]:
@@ -166,11 +301,18 @@ def finalize(conn: redis.Redis, sid: str, status: str = FINISHED, error: str | N
         score.update(mean_normalized_return=None, mean_percentage_complete=None)
     if not transition(conn, sid, status, (SUBMITTED, QUEUED, RUNNING)):
         return False
-    fields = {"score": json.dumps(score)}
-    if error:
-        fields["error"] = error
-    conn.hset(submission_key(sid), mapping=fields)
+    update_submission(conn, sid, score=score, error=error)
     return True
+
+
+def elect_finalizer(conn: redis.Redis, sid: str) -> bool:
+    """True for exactly one caller per submission: the one that finalizes it."""
+    return bool(conn.hsetnx(submission_key(sid), FINALIZING_FIELD, repr(time.time())))
+
+
+def mark_gate_checked(conn: redis.Redis, sid: str, test: Any) -> bool:
+    """True for exactly one caller per test: the one whose result completed it decides the gate."""
+    return bool(conn.hsetnx(submission_key(sid), gate_checked_field(test), 1))
 
 
 def save_agent_log(conn: redis.Redis, sid: str, pair: str, tail: str) -> None:

@@ -20,9 +20,11 @@ from rq import Queue
 from broker import store
 from broker.cleanup import cleanup_ended
 from broker.plan import SubmissionPlan
-from flateval.settings import EpisodeSpec
+from core.episode_spec import EpisodeSpec
 
 JOB_FUNCTION = "env_worker.job.run_episode_job"
+"""The RQ job every episode is: named by its import path (the one string-named import of the
+project: the env workers above this layer import it, we only name it)."""
 RESULT_TTL_S = 0  # results live in the submission's hash, not in RQ's job results
 FAILURE_TTL_S = 7 * 24 * 3600
 
@@ -48,24 +50,24 @@ def tests_in_order(specs: Sequence[EpisodeSpec]) -> list[list]:
     return [[test, indices] for test, indices in order.items()]
 
 
+PER_EPISODE_FIELDS = ("env_path", "env_file", "test", "level", "episode_id", "submission_id", "index")
+
+
 def create(conn: redis.Redis, plan: SubmissionPlan, name: str | None = None, sid: str | None = None,
-           extra: dict | None = None) -> str:
+           agent_command: str | None = None, workers: int | None = None) -> str:
     cleanup_ended(conn)
     sid = sid or new_submission_id()
-    settings = {k: v for k, v in plan.template.as_dict().items()
-                if k not in ("env_path", "env_file", "test", "level", "episode_id", "submission_id", "index")}
-    store.create_submission(conn, sid, {
-        "name": name or sid, "n_episodes": len(plan.episodes), "test_set": plan.test_set,
-        "settings": {**settings, "overall_s": plan.overall_s, "aggregation": plan.aggregation,
-                     "max_consecutive_timeouts": plan.max_consecutive_timeouts,
-                     "completion_gate": plan.completion_gate},
-        **plan.record_fields(), **(extra or {}),
-    })
+    settings = {k: v for k, v in plan.template.as_dict().items() if k not in PER_EPISODE_FIELDS}
+    store.create_submission(conn, store.Submission(
+        id=sid, name=name or sid, n_episodes=len(plan.episodes), test_set=plan.test_set, challenge=plan.challenge,
+        phase=plan.phase, settings=settings, aggregation=plan.aggregation, overall_s=plan.overall_s,
+        max_consecutive_timeouts=plan.max_consecutive_timeouts, completion_gate=plan.completion_gate,
+        agent_command=agent_command, workers=workers))
     return sid
 
 
 def _job(spec: EpisodeSpec, job_timeout_s: float) -> dict:
-    return Queue.prepare_data(JOB_FUNCTION, args=(spec.as_dict(),), job_id=f"flateval-{spec.submission_id}-{spec.index}",
+    return Queue.prepare_data(JOB_FUNCTION, args=(spec.as_dict(),), job_id=store.episode_job_id(spec.submission_id, spec.index),
                               timeout=int(job_timeout_s) + 60, result_ttl=RESULT_TTL_S, failure_ttl=FAILURE_TTL_S,
                               description=f"{spec.submission_id} {spec.env_file}")
 
@@ -74,15 +76,15 @@ def enqueue(conn: redis.Redis, sid: str, plan: SubmissionPlan, specs: Sequence[E
     """Start the submission's clock and put its (first) episodes on its queue, then mark it queued."""
     queue = store.submission_queue(conn, sid)
     now = time.time()
-    fields = {"enqueued_at": repr(now), "deadline_at": repr(now + plan.overall_s)}
+    fields: dict = {"enqueued_at": now, "deadline_at": now + plan.overall_s}
     if plan.completion_gate is None:
         first = sorted(specs, key=lambda s: -_size(s.env_path))
     else:
         tests = tests_in_order(specs)
-        fields.update(tests=json.dumps(tests), released=1)
+        fields.update(tests=tests, released=1)
         conn.hset(store.specs_key(sid), mapping={str(s.index): json.dumps(s.as_dict()) for s in specs})
         first = [s for s in specs if s.index in set(tests[0][1])]
-    conn.hset(store.submission_key(sid), mapping=fields)
+    store.update_submission(conn, sid, **fields)
     queue.enqueue_many([_job(s, plan.overall_s) for s in first])
     store.transition(conn, sid, store.QUEUED, (store.SUBMITTED,))
     return queue

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 _ENV_FILE = re.compile(r"^Test_(\d+)/Level_(\d+)\.pkl$")
+
+
+def parse_env_file(env_file: str) -> tuple[int, int] | None:
+    """(N, M) of a ``Test_<N>/Level_<M>.pkl`` name (a path relative to the test set), else None."""
+    match = _ENV_FILE.match(env_file)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 class TestSetError(ValueError):
@@ -20,10 +25,6 @@ class EnvFile:
     env_file: str  # relative, e.g. Test_1/Level_0.pkl
     test: int
     level: int
-
-
-def bundled_test_set() -> Path:
-    return Path(__file__).resolve().parent.parent / "flateval" / "data" / "test_sets" / "small"
 
 
 def discover(directory: str | Path) -> list[EnvFile]:
@@ -40,9 +41,9 @@ def discover(directory: str | Path) -> list[EnvFile]:
     found = []
     for path in candidates:
         rel = path.relative_to(root).as_posix()
-        match = _ENV_FILE.match(rel)
-        if match:
-            found.append(EnvFile(path.resolve(), rel, int(match.group(1)), int(match.group(2))))
+        numbers = parse_env_file(rel)
+        if numbers:
+            found.append(EnvFile(path.resolve(), rel, *numbers))
     if not found:
         raise TestSetError(f"test set {root} holds no Test_<N>/Level_<M>.pkl files")
     unreadable = [f.env_file for f in found if not _readable(f.path)]
@@ -50,15 +51,6 @@ def discover(directory: str | Path) -> list[EnvFile]:
         raise TestSetError(f"test set {root}: no env file is readable")
     found.sort(key=lambda f: (f.test, f.level))
     return found
-
-
-def read_metadata(directory: str | Path) -> list[dict[str, str]]:
-    """The optional metadata.csv, as rows (empty when absent)."""
-    path = Path(directory) / "metadata.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _readable(path: Path) -> bool:

@@ -17,7 +17,8 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from agent_bridge import protocol as wire
-from scoring.episode import AGENT_ERROR, TIMEOUT
+from agent_bridge.spin import spin_until_readable
+from core.outcomes import AGENT_ERROR, TIMEOUT
 
 DROP_DIAGNOSIS_S = 0.1
 """After the agent's connection drops mid-request, how long to wait to tell why. A dead peer makes
@@ -48,6 +49,11 @@ class AgentFault(Exception):
 
 class AgentTimeout(AgentFault):
     outcome = TIMEOUT
+
+
+class AgentProtocolFault(AgentFault):
+    """The agent answered, but not in this protocol (wrong version, a malformed or unexpected reply):
+    retrying cannot help, unlike a silence."""
 
 
 class AgentLink:
@@ -123,7 +129,7 @@ class AgentLink:
     # ------------------------------------------------------------------ requests
     def notify_aborted(self, episode_id: str, reason: str) -> None:
         """Tell the agent, at its next contact, that `episode_id` was cut."""
-        self._abort_notice = {"type": wire.ABORTED, "episode_id": episode_id, "reason": reason}
+        self._abort_notice = wire.aborted_request(episode_id, reason)
 
     def request(self, message: dict, timeout_s: float) -> tuple[dict, float]:
         """Send `message`, return (checked reply, seconds the agent took).
@@ -143,7 +149,7 @@ class AgentLink:
         except wire.AgentReportedError as exc:
             raise AgentFault(f"agent raised: {exc}") from None
         except wire.ProtocolError as exc:
-            raise AgentFault(str(exc)) from None
+            raise AgentProtocolFault(str(exc)) from None
         return reply, took
 
     def _exchange(self, frame: bytes, kind: str, timeout_s: float) -> tuple[float, bytes]:
@@ -193,7 +199,7 @@ class AgentLink:
         self._send(sock, frame, kind, timeout_s)
         sent = time.perf_counter()
         deadline = sent + timeout_s
-        if self.spin_s and _spin_until_readable(sock, min(deadline, sent + self.spin_s)):
+        if self.spin_s and spin_until_readable(sock, min(deadline, sent + self.spin_s)):
             return sent, self._recv_one(sock)
         # Connection lost before we sent (agent died between requests): wait for ZeroMQ to retry
         # (agent gone) or reconnect (request delivered after all).
@@ -242,20 +248,5 @@ class AgentLink:
         frame = sock.recv(copy=True)
         if sock.getsockopt(zmq.RCVMORE):
             self.reset()
-            raise AgentFault("agent replied with a multipart message; the protocol takes exactly one frame")
+            raise AgentProtocolFault("agent replied with a multipart message; the protocol takes exactly one frame")
         return frame
-
-def _spin_until_readable(sock: zmq.Socket, until: float) -> bool:
-    """Busy-poll (yielding the core to anyone runnable) until a message is readable or `until`.
-
-    A blocked process takes tens of microseconds to be woken by the kernel; an agent that answers
-    in less than that is cheaper to wait for with our eyes open. `sched_yield` keeps the spin from
-    stealing the core when other processes need it.
-    """
-    events = zmq.EVENTS
-    while True:
-        if sock.getsockopt(events) & zmq.POLLIN:
-            return True
-        if time.perf_counter() >= until:
-            return False
-        os.sched_yield()

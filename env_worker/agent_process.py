@@ -21,7 +21,7 @@ import zmq
 
 from agent_bridge import protocol as wire
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
-from env_worker.agent_link import AgentFault, AgentLink
+from env_worker.agent_link import AgentFault, AgentLink, AgentProtocolFault
 
 OUTPUT_TAIL_CHARS = 10_000
 
@@ -84,9 +84,9 @@ def wait_for_handshake(endpoint: str, timeout_s: float, curve_server_key: str | 
             try:
                 link.request(wire.hello_request(), min(wait, left))
                 return
-            except AgentFault as exc:
-                if "protocol" in str(exc):
-                    raise AgentStartError(f"agent handshake failed: {exc}") from None
+            except AgentProtocolFault as exc:  # it answered, wrongly: asking again cannot help
+                raise AgentStartError(f"agent handshake failed: {exc}") from None
+            except AgentFault:
                 wait = min(wait * 2, 5.0)
     finally:
         link.close()

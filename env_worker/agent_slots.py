@@ -13,12 +13,10 @@ import threading
 
 import redis
 
+from broker.store import agent_slot_key
+
 LEASE_S = 30
 RENEW_S = 10
-
-
-def slot_key(slot: int) -> str:
-    return f"flateval:agent_slot:{slot}"
 
 
 class SlotLease:
@@ -31,15 +29,15 @@ class SlotLease:
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_S):
             try:
-                self.conn.set(slot_key(self.slot), self.owner, xx=True, ex=LEASE_S)
+                self.conn.set(agent_slot_key(self.slot), self.owner, xx=True, ex=LEASE_S)
             except redis.RedisError:
                 continue
 
     def release(self) -> None:
         self._stop.set()
         try:
-            if self.conn.get(slot_key(self.slot)) == self.owner.encode():
-                self.conn.delete(slot_key(self.slot))
+            if self.conn.get(agent_slot_key(self.slot)) == self.owner.encode():
+                self.conn.delete(agent_slot_key(self.slot))
         except redis.RedisError:
             pass
 
@@ -51,6 +49,6 @@ class NoFreeSlot(RuntimeError):
 def claim_slot(conn: redis.Redis, slots: int, owner: str) -> SlotLease:
     """The lowest free slot in 1..slots (compose numbers containers from 1)."""
     for slot in range(1, slots + 1):
-        if conn.set(slot_key(slot), owner, nx=True, ex=LEASE_S):
+        if conn.set(agent_slot_key(slot), owner, nx=True, ex=LEASE_S):
             return SlotLease(conn, slot, owner)
     raise NoFreeSlot(f"all {slots} agent slots are taken: scale the agents with the workers")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
+from scoring.episode import ScoreInputs
+
 
 class EnvLoadError(Exception):
     """The env file could not be loaded or reset: the host's problem, scored as ``env_error``."""
@@ -17,17 +19,6 @@ class EnvLoadError(Exception):
 
 class ObservationNotAllowed(Exception):
     """The agent asked for an observation builder the episode does not allow."""
-
-
-@dataclass(frozen=True)
-class ScoreInputs:
-    """What scoring needs from a finished (or cut) episode."""
-
-    cumulative_reward: float  # the undiscounted sum of every agent's rewards: the episode's return
-    max_episode_steps: int | None  # None: the env has no step limit of its own
-    n_agents: int
-    n_done: int | None  # agents that reached their goal (None: the env has no such notion)
-    per_agent_rewards: tuple[float, ...] = ()
 
 
 @dataclass

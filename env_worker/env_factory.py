@@ -5,7 +5,8 @@ from __future__ import annotations
 from env_worker.env_adapter import EnvAdapter, EnvLoadError
 from env_worker.flatland_env import FlatlandEnv
 from env_worker.gymnasium_env import GymnasiumEnv
-from flateval.settings import GYMNASIUM, EpisodeSpec, parse_env
+from core.episode_spec import EpisodeSpec, parse_env
+from core.settings import GYMNASIUM
 
 
 def make_env(spec: EpisodeSpec) -> EnvAdapter:

@@ -11,24 +11,13 @@ import time
 from typing import Callable, Sequence
 
 from agent_bridge import protocol as wire
+from core.episode_spec import EpisodeSpec
+from core.outcomes import AGENT_ERROR, COMPLETED, ENV_ERROR, STOPPED
 from env_worker.agent_link import AgentFault, AgentLink
-from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed, ScoreInputs
+from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed
 from env_worker.env_factory import make_env
 from env_worker.observers import EpisodeObserver
-from flateval.settings import EpisodeSpec
-from scoring.episode import (
-    AGENT_ERROR,
-    COMPLETED,
-    ENV_ERROR,
-    FAILED_EPISODE_RETURN,
-    EpisodeResult,
-    STOPPED,
-    ResponseStats,
-    capped_normalized_return,
-    normalized_return,
-    percentage_complete,
-    scaled_return,
-)
+from scoring.episode import EpisodeResult, ResponseStats, episode_score, percentage_complete
 
 
 class EpisodeStopped(Exception):
@@ -60,12 +49,12 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
         hello, took = link.request(wire.hello_request(), budget)
         observation = env.use_observation(hello.get("observation"))
         obs, info = env.reset()
-        start = {
-            "type": wire.EPISODE_START, "episode_id": spec.episode_id, "env_file": spec.env_file,
-            "seed": spec.seed, "env": env.facts(), "observation": observation, "step": 0,
-            "deadlines": {"planning_s": spec.planning_timeout_s, "step_s": spec.step_timeout_s},
-            "observations": obs, "info": info,
-        }
+        for observer in observers:
+            observer.env_reset(env)
+        start = wire.episode_start_request(
+            episode_id=spec.episode_id, env_file=spec.env_file, seed=spec.seed, env=env.facts(),
+            observation=observation, planning_s=spec.planning_timeout_s, step_s=spec.step_timeout_s,
+            observations=obs, info=info)
         reply, took2 = link.request(start, budget - took)
         stats.planning_s = took + took2
         _replied(observers, took + took2, "planning")
@@ -76,14 +65,13 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
             out = env.step(actions)
             steps += 1
             for observer in observers:
-                observer.env_stepped(time.perf_counter() - stepped)
+                observer.env_stepped(time.perf_counter() - stepped, actions, out)
             if out.done or steps >= step_limit:
                 break
             if stop is not None and (reason := stop()):
                 raise EpisodeStopped(reason)
-            reply, took = link.request({
-                "type": wire.STEP, "step": steps, "observations": out.observations,
-                "rewards": out.rewards, "dones": out.dones, "info": out.info}, spec.step_timeout_s)
+            reply, took = link.request(wire.step_request(steps, out.observations, out.rewards, out.dones, out.info),
+                                       spec.step_timeout_s)
             stats.add(took)
             _replied(observers, took, "step")
     except AgentFault as exc:
@@ -102,7 +90,7 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
     totals = env.score_inputs()
     env.release()
     result = EpisodeResult(
-        **record, outcome=outcome, normalized_return=_score(outcome, totals, spec),
+        **record, outcome=outcome, normalized_return=episode_score(outcome, totals, spec),
         percentage_complete=None if not totals.n_agents or totals.n_done is None
         else percentage_complete(totals.n_done, totals.n_agents),
         steps=steps, cumulative_reward=totals.cumulative_reward, duration_s=0.0,
@@ -114,30 +102,12 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
     return _finish(observers, result)
 
 
-def _score(outcome: str, totals: ScoreInputs, spec: EpisodeSpec) -> float | None:
-    """The episode's score under the challenge's normalization. Env errors and stopped episodes have
-    none; a failed episode (timeout, agent error) scores -1.0 under Flatland's normalizations, and
-    its return so far (or the challenge's ``failed_return``) under ``return``."""
-    if outcome in (ENV_ERROR, STOPPED):
-        return None
-    if spec.normalization == "return":
-        failed = outcome != COMPLETED and spec.failed_return is not None
-        return scaled_return(spec.failed_return if failed else totals.cumulative_reward, spec.reference_return,
-                             spec.score_offset)
-    if outcome != COMPLETED:
-        return FAILED_EPISODE_RETURN + spec.score_offset
-    if spec.normalization == "flatland":
-        return capped_normalized_return(list(totals.per_agent_rewards), totals.max_episode_steps, spec.score_offset)
-    return normalized_return(totals.cumulative_reward, totals.max_episode_steps, totals.n_agents, spec.score_offset)
-
-
 def _say_goodbye(link: AgentLink, spec: EpisodeSpec, result: EpisodeResult) -> None:
     """Send ``episode_end``; the score is already fixed, so a silent agent changes nothing."""
     try:
-        link.request({"type": wire.EPISODE_END, "episode_id": spec.episode_id, "outcome": result.outcome,
-                      "normalized_return": result.normalized_return,
-                      "percentage_complete": result.percentage_complete, "steps": result.steps},
-                     spec.step_timeout_s)
+        link.request(wire.episode_end_request(
+            episode_id=spec.episode_id, outcome=result.outcome, normalized_return=result.normalized_return,
+            percentage_complete=result.percentage_complete, steps=result.steps), spec.step_timeout_s)
     except AgentFault:
         pass
 

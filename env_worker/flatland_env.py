@@ -15,9 +15,10 @@ import numpy as np
 
 from agent_bridge import protocol as wire
 from agent_bridge.actions import N_ACTIONS
-from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed, ScoreInputs, StepOutcome
+from core.settings import DEFAULT_OBSERVATION_BUILDERS
+from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed, StepOutcome
+from scoring.episode import ScoreInputs
 
-OBSERVATION_BUILDERS = ("none", "tree", "global")
 TREE_FEATURES = 12
 TREE_CHILD_ORDER = ("L", "F", "R", "B")
 MAX_TREE_DEPTH = 5
@@ -127,7 +128,7 @@ class FlatlandEnv:
 
     n_actions = N_ACTIONS
 
-    def __init__(self, path: str | Path, seed: int, allowed_builders: Sequence[str] = OBSERVATION_BUILDERS,
+    def __init__(self, path: str | Path, seed: int, allowed_builders: Sequence[str] = DEFAULT_OBSERVATION_BUILDERS,
                  rewards: str = "DefaultRewards"):
         from flatland.envs import rewards as flatland_rewards
         from flatland.envs.persistence import RailEnvPersister

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from agent_bridge import protocol as wire
-from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed, ScoreInputs, StepOutcome
+from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed, StepOutcome
+from scoring.episode import ScoreInputs
 
 INSTALL_HINT = "gymnasium is not installed: pip install flateval[gymnasium]"
 

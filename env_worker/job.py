@@ -1,8 +1,9 @@
 """The RQ job that runs one episode: `run_episode_job(spec)`, enqueued with RQ's JSON serializer.
 
-It runs under `flateval worker` and under a stock ``rq worker -S json`` alike. The result is stored
-in Redis idempotently under (submission, episode index); then the stop rules run (the job that
-stores the last result finalizes the score from what is stored).
+It runs under `flateval worker` and under a stock ``rq worker -S json`` alike: the worker's context
+(`env_worker.context`) is handed to `play_episode`. The result is stored in Redis idempotently under
+(submission, episode index); then the stop rules run (the job that stores the last result finalizes
+the score from what is stored).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import redis
 from rq import get_current_job
 
 from broker import reaper, stop_rules, store
+from core.episode_spec import EpisodeSpec
+from core.outcomes import STOPPED
+from env_worker.context import WorkerContext, current_context
 from env_worker.episode import run_episode
-from env_worker.metrics import metrics_observer
-from env_worker.pairing import paired_agent
-from flateval.settings import EpisodeSpec
-from scoring.episode import STOPPED
 
 TEST_SET_DIR_ENV = "FLATEVAL_TEST_SET_DIR"
 """Where this worker sees the test set, when it is mounted elsewhere than on the submitting host."""
@@ -59,11 +59,11 @@ class SubmissionWatch:
                 if time.monotonic() - renewed >= reaper.RENEW_S:
                     reaper.take_lease(self.conn, self.job_id, self.owner)
                     renewed = time.monotonic()
-                status = self.conn.hget(store.submission_key(self.sid), "status")
+                status = store.get_status(self.conn, self.sid)
             except redis.RedisError:
                 continue  # Redis away for a moment: keep playing, look again
-            if status is not None and status.decode() in store.TERMINAL and self.reason is None:
-                self.reason = f"submission {status.decode()}"
+            if status is not None and status in store.TERMINAL and self.reason is None:
+                self.reason = f"submission {status}"
 
     def __call__(self) -> str | None:
         if self.reason is None and self.deadline_at is not None and time.time() > self.deadline_at:
@@ -72,30 +72,43 @@ class SubmissionWatch:
 
 
 def run_episode_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """RQ's entry point (`broker.submit.JOB_FUNCTION`): play the episode with the context of the worker
+    running this job, or, under a stock rq worker, with one built from the environment."""
+    context = current_context()
+    if context is not None:
+        return play_episode(context, spec)
+    context = WorkerContext.from_environment()
+    try:
+        return play_episode(context, spec)
+    finally:
+        context.close()
+
+
+def play_episode(context: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]:
     episode = EpisodeSpec.from_dict(spec)
-    conn = get_current_job().connection
+    job = get_current_job()
+    conn = job.connection
     sid = episode.submission_id
     record = store.get_submission(conn, sid)
-    if record is None or record["status"] in store.TERMINAL:
-        return {"skipped": record["status"] if record else "unknown submission"}
-    if stop_rules.check_deadline(conn, sid, record.get("deadline_at")):
+    if record is None or record.status in store.TERMINAL:
+        return {"skipped": record.status if record else "unknown submission"}
+    if stop_rules.check_deadline(conn, sid, record.deadline_at):
         return {"skipped": "overall time limit reached"}
     store.transition(conn, sid, store.RUNNING, (store.QUEUED, store.SUBMITTED))
 
     root = os.environ.get(TEST_SET_DIR_ENV)
     if root and episode.env_path:  # a gymnasium episode has no env file
         episode = EpisodeSpec.from_dict({**episode.as_dict(), "env_path": str(Path(root) / episode.env_file)})
-    pair = paired_agent()
-    job_id = get_current_job().id
-    with SubmissionWatch(conn, sid, record.get("deadline_at"), job_id, pair.name) as watch:
-        result = run_episode(episode, pair.link, [*pair.observers, metrics_observer()], stop=watch)
+    pair = context.agent
+    with SubmissionWatch(conn, sid, record.deadline_at, job.id, pair.name) as watch:
+        result = run_episode(episode, pair.link, context.observers, stop=watch)
     if result.outcome == STOPPED:
-        stop_rules.check_deadline(conn, sid, record.get("deadline_at"))
+        stop_rules.check_deadline(conn, sid, record.deadline_at)
     else:
         row = {**result.as_dict(), "index": episode.index, "episode_id": episode.episode_id, "worker": pair.name}
         state, streak = store.record_result(conn, sid, episode.index, row)
         stop_rules.after_result(conn, sid, episode.test, state, streak)
-    reaper.drop_lease(conn, job_id)
+    reaper.drop_lease(conn, job.id)
     tail = pair.output_tail()
     if tail is not None:
         store.save_agent_log(conn, sid, pair.name, tail)

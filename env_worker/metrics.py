@@ -1,22 +1,23 @@
 """Prometheus metrics of episodes, hung on the episode loop as an observer.
 
-Per-step observations are counted in plain Python (a bisect into the bucket bounds) and flushed
-into prometheus_client every `FLUSH_EVERY_STEPS` steps and at the episode's end: one
-multiprocess-safe write per bucket touched instead of three per step, and never a Redis round
-trip. Episodes that run in RQ's forked work horses reach the scrape endpoint through
-prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), which `flateval worker
---metrics-port` and `flateval run --metrics-port` set up themselves.
+Per-step samples are appended to a list and handed to prometheus_client's public `observe` every
+`FLUSH_EVERY_STEPS` steps and at the episode's end, so the per-step path only appends to memory
+(never a Redis round trip, never a multiprocess file write). Each observer belongs to the worker
+that plays the episodes (see `env_worker.context`). Episodes that run in RQ's forked work horses
+reach the scrape endpoint through prometheus_client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``), which `flateval worker --metrics-port` and `flateval run
+--metrics-port` set up themselves.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from typing import Sequence
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from core.outcomes import OUTCOMES, STOPPED, TIMEOUT
 from env_worker.observers import EpisodeObserver
-from scoring.episode import OUTCOMES, STOPPED, TIMEOUT, EpisodeResult
+from scoring.episode import EpisodeResult
 
 RESPONSE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.0, 3.0, 4.0, 4.5, 5.0, 7.5, 10.0, 30.0, 60.0, 300.0)
@@ -45,54 +46,34 @@ for _phase in ("planning", "step"):
     AGENT_RESPONSE.labels(phase=_phase)
 
 
-class _LocalHistogram:
-    """Observations counted locally, added to a prometheus Histogram in one go."""
-
-    def __init__(self, target: Histogram, bounds: Sequence[float]) -> None:
-        self.target, self.bounds = target, list(bounds)
-        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
-        self.total = 0.0
-        self.n = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.n += 1
-
-    def flush(self) -> None:
-        if not self.n:
-            return
-        buckets = self.target._buckets  # one value per bucket, not cumulative (prometheus_client)
-        for i, count in enumerate(self.counts):
-            if count:
-                buckets[i].inc(count)
-                self.counts[i] = 0
-        self.target._sum.inc(self.total)
-        self.total, self.n = 0.0, 0
-
-
 class MetricsObserver(EpisodeObserver):
-    """Feeds the episode metrics; one instance per process is enough."""
+    """Feeds the episode metrics of one worker."""
 
     def __init__(self) -> None:
-        self._responses = _LocalHistogram(AGENT_RESPONSE.labels(phase="step"), RESPONSE_BUCKETS)
-        self._env_steps = _LocalHistogram(ENV_STEP, ENV_STEP_BUCKETS)
+        self._step_responses = AGENT_RESPONSE.labels(phase="step")
+        self._responses: list[float] = []
+        self._env_steps: list[float] = []
 
     def agent_replied(self, seconds: float, phase: str) -> None:
         if phase == "planning":
             AGENT_RESPONSE.labels(phase="planning").observe(seconds)
         else:
-            self._responses.observe(seconds)
+            self._responses.append(seconds)
 
-    def env_stepped(self, seconds: float) -> None:
-        self._env_steps.observe(seconds)
-        if self._env_steps.n >= FLUSH_EVERY_STEPS:
+    def env_stepped(self, seconds: float, actions: Any, outcome: Any) -> None:
+        self._env_steps.append(seconds)
+        if len(self._env_steps) >= FLUSH_EVERY_STEPS:
             self._flush()
 
     def _flush(self) -> None:
-        STEPS.inc(self._env_steps.n)
-        self._env_steps.flush()
-        self._responses.flush()
+        if self._env_steps:
+            STEPS.inc(len(self._env_steps))
+        for seconds in self._env_steps:
+            ENV_STEP.observe(seconds)
+        for seconds in self._responses:
+            self._step_responses.observe(seconds)
+        self._env_steps.clear()
+        self._responses.clear()
 
     def episode_ended(self, result: EpisodeResult) -> None:
         self._flush()
@@ -104,13 +85,3 @@ class MetricsObserver(EpisodeObserver):
             NORMALIZED_RETURN.observe(result.normalized_return)
         if result.outcome == TIMEOUT:
             AGENT_TIMEOUTS.labels(phase="planning" if result.steps == 0 else "step").inc()
-
-
-_observer: MetricsObserver | None = None
-
-
-def metrics_observer() -> MetricsObserver:
-    global _observer
-    if _observer is None:
-        _observer = MetricsObserver()
-    return _observer

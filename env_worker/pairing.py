@@ -1,4 +1,4 @@
-"""The agent this env-worker process is paired with.
+"""The agent an env worker is paired with: its link, and its process when the worker owns it.
 
 Under `flateval worker --agent-command CMD` the worker owns its agent: it starts it, and restarts it
 after any episode the agent lost (timeout, crash, error), so one hang costs one episode. Under a
@@ -10,26 +10,31 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Sequence
 
+from core.outcomes import LOST_BY_AGENT
+from core.settings import AGENT_CURVE_KEY_ENV, AGENT_ENDPOINT_ENV
 from env_worker.agent_link import AgentLink
 from env_worker.agent_process import AgentProcess
-from env_worker.observers import EpisodeObserver
-from flateval.settings import AGENT_CURVE_KEY_ENV, AGENT_ENDPOINT_ENV
-from scoring.episode import AGENT_ERROR, TIMEOUT, EpisodeResult
+from scoring.episode import EpisodeResult
 
 
 class PairedAgent:
     def __init__(self, endpoint: str, process: AgentProcess | None = None, name: str | None = None,
-                 observers: Sequence[EpisodeObserver] = (), startup_timeout_s: float = 60.0,
-                 curve_server_key: str | None = None) -> None:
+                 startup_timeout_s: float = 60.0, curve_server_key: str | None = None) -> None:
         self.endpoint = endpoint
         self.curve_server_key = curve_server_key or (process.curve_public_key if process else None)
         self.process = process
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.observers = list(observers)
         self.startup_timeout_s = startup_timeout_s
         self._link: AgentLink | None = None
+
+    @classmethod
+    def from_environment(cls) -> "PairedAgent":
+        """Someone else's agent, at ``$FLATEVAL_AGENT_ENDPOINT`` (a stock rq worker's pairing)."""
+        endpoint = os.environ.get(AGENT_ENDPOINT_ENV)
+        if not endpoint:
+            raise RuntimeError(f"no agent paired with this worker: set {AGENT_ENDPOINT_ENV}")
+        return cls(endpoint, curve_server_key=os.environ.get(AGENT_CURVE_KEY_ENV))
 
     @property
     def link(self) -> AgentLink:
@@ -39,7 +44,7 @@ class PairedAgent:
 
     def after_episode(self, result: EpisodeResult) -> None:
         """Restart an agent that lost its episode, so the next episode starts from a clean agent."""
-        if self.process is not None and result.outcome in (TIMEOUT, AGENT_ERROR):
+        if self.process is not None and result.outcome in LOST_BY_AGENT:
             self.process.restart(self.startup_timeout_s)
 
     def output_tail(self) -> str | None:
@@ -51,22 +56,3 @@ class PairedAgent:
             self._link = None
         if self.process is not None:
             self.process.stop()
-
-
-_paired: PairedAgent | None = None
-
-
-def set_paired_agent(pair: PairedAgent | None) -> None:
-    global _paired
-    _paired = pair
-
-
-def paired_agent() -> PairedAgent:
-    """This process's agent: the one `flateval worker` set, else ``$FLATEVAL_AGENT_ENDPOINT``."""
-    global _paired
-    if _paired is None:
-        endpoint = os.environ.get(AGENT_ENDPOINT_ENV)
-        if not endpoint:
-            raise RuntimeError(f"no agent paired with this worker: set {AGENT_ENDPOINT_ENV}")
-        _paired = PairedAgent(endpoint, curve_server_key=os.environ.get(AGENT_CURVE_KEY_ENV))
-    return _paired

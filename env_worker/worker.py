@@ -1,8 +1,9 @@
 """`flateval worker`: an RQ worker paired with one agent.
 
-It runs episode jobs in its own process (RQ's SimpleWorker: no fork per job, so the agent link and
-the agent process it supervises live as long as the worker, and scheduling an episode costs a few
-Redis round trips). A stock `rq worker -S json` with ``$FLATEVAL_AGENT_ENDPOINT`` runs the same jobs.
+It runs episode jobs in its own process (`PairedWorker`, RQ's SimpleWorker: no fork per job, so the
+agent link and the agent process it supervises live as long as the worker, and scheduling an episode
+costs a few Redis round trips), handing each job its context (`env_worker.context`). A stock
+`rq worker -S json` with ``$FLATEVAL_AGENT_ENDPOINT`` runs the same jobs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import socket
 import time
 from typing import Callable
 
+from typing import Any
+
 import redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
@@ -25,8 +28,9 @@ from broker.connection import RedisUnreachable, connect
 from broker.submit import JOB_FUNCTION
 from env_worker.agent_process import AgentProcess, AgentStartError, wait_for_handshake
 from env_worker.agent_slots import NoFreeSlot, claim_slot
+from env_worker.context import WorkerContext, job_context
 from env_worker.flatland_env import warm_up
-from env_worker.pairing import PairedAgent, set_paired_agent
+from env_worker.pairing import PairedAgent
 
 
 IDLE_POLL_S = 0.5
@@ -42,28 +46,40 @@ class WorkerStartError(RuntimeError):
     pass
 
 
-def _work(conn: redis.Redis, queues: list[str], name: str, burst: bool) -> bool:
-    """Run RQ's in-process worker on `queues`; True if it was asked to stop (SIGTERM/SIGINT)."""
-    worker = SimpleWorker([Queue(q, connection=conn, serializer=JSONSerializer) for q in queues],
-                          connection=conn, serializer=JSONSerializer, name=name)
+class PairedWorker(SimpleWorker):
+    """RQ's in-process worker, owning the context (paired agent, observers) it hands every job."""
+
+    def __init__(self, *args: Any, context: WorkerContext, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.context = context
+        self.stop_signalled = False
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        """RQ's warm-shutdown handler (SIGTERM, SIGINT). Noted here because RQ tells no one: while
+        idle it ends `work` with a StopRequested that it swallows itself."""
+        self.stop_signalled = True
+        super().request_stop(signum, frame)
+
+    def perform_job(self, *args: Any, **kwargs: Any) -> bool:
+        with job_context(self.context):
+            return super().perform_job(*args, **kwargs)
+
+
+def _work(conn: redis.Redis, queues: list[str], context: WorkerContext, burst: bool) -> bool:
+    """Run the paired worker on `queues`; True if it was asked to stop (SIGTERM/SIGINT)."""
+    worker = PairedWorker([Queue(q, connection=conn, serializer=JSONSerializer) for q in queues],
+                          connection=conn, serializer=JSONSerializer, name=context.agent.name, context=context)
     worker.work(burst=burst, max_idle_time=None if burst else IDLE_RETURN_S, logging_level=logging.WARNING,
                 with_scheduler=False)
-    # A signal while busy sets _stop_requested; while idle (blocked on the queues) RQ ends `work`
-    # by raising StopRequested inside it, which it swallows: only the request's date tells.
-    return worker._stop_requested or worker._shutdown_requested_date is not None
+    return worker.stop_signalled
 
 
 def open_submission_queues(conn: redis.Redis) -> list[str]:
     """Queues of the submissions still to evaluate, oldest submission first."""
-    sids = [s.decode() for s in conn.zrange(store.SUBMISSIONS, 0, -1)]
-    pipe = conn.pipeline()
-    for sid in sids:
-        pipe.hget(store.submission_key(sid), "status")
-    open_ = [sid for sid, status in zip(sids, pipe.execute()) if status and status.decode() not in store.TERMINAL]
-    return [store.queue_name(sid) for sid in open_]
+    return [store.queue_name(sid) for sid in store.open_submissions(conn)]
 
 
-def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], name: str, burst: bool) -> None:
+def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], context: WorkerContext, burst: bool) -> None:
     """Work the queues until idle, and between two spells re-run the episodes of dead workers.
 
     Without --queue, `queues` follows every open submission as submissions come and go (a
@@ -74,7 +90,7 @@ def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], name: str, bu
         while True:
             names = queues()
             reaper.reap_open_submissions(conn, [q.removeprefix("flateval-") for q in names])
-            if names and _work(conn, names, name, burst):
+            if names and _work(conn, names, context, burst):
                 return
             if burst:
                 return
@@ -123,8 +139,8 @@ def run_worker(
     endpoint = process.endpoint if process else agent_endpoint
     if not endpoint:
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
-    pair = PairedAgent(endpoint, process, name=name, startup_timeout_s=startup_timeout_s,
-                       curve_server_key=curve_server_key)
+    context = WorkerContext.for_agent(PairedAgent(endpoint, process, name=name, startup_timeout_s=startup_timeout_s,
+                                                  curve_server_key=curve_server_key))
     warm_up()
     import_module(JOB_FUNCTION.rpartition(".")[0])  # the job's imports, before the first episode
     gc.collect()
@@ -137,11 +153,9 @@ def run_worker(
                 wait_for_handshake(endpoint, startup_timeout_s, curve_server_key)
         except AgentStartError as exc:
             raise WorkerStartError(str(exc)) from None
-        set_paired_agent(pair)
         fixed = list(queues)
-        _work_loop(conn, (lambda: fixed) if fixed else (lambda: open_submission_queues(conn)), pair.name, burst)
+        _work_loop(conn, (lambda: fixed) if fixed else (lambda: open_submission_queues(conn)), context, burst)
     finally:
-        set_paired_agent(None)
-        pair.close()
+        context.close()
         if lease:
             lease.release()

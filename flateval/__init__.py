@@ -1,3 +1,3 @@
-"""flateval: the command line and the typed settings shared by broker and env workers."""
+"""flateval's top floor: the command line, and `flateval run`'s local cluster."""
 
 __version__ = "0.1.0"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from flateval import settings as cfg
+from core import settings as cfg
+from core.episode_spec import EpisodeSpec
 
 
 class CliError(click.ClickException):
@@ -33,6 +35,10 @@ def _write_json(document: Any, output: str | None) -> None:
         Path(output).write_text(text + "\n")
     else:
         click.echo(text)
+
+
+LOCAL_EPISODE_ID = ""
+"""The episode id of a `flateval episode` (an ad-hoc run: docs/protocol.md, `episode_start`)."""
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -102,34 +108,31 @@ def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_ti
         click.echo(f"error: {result.error}")
 
 
-def _flatland_episode(path: Path, seed: int, planning_timeout: float, step_timeout: float) -> cfg.EpisodeSpec:
+def _flatland_episode(path: Path, seed: int, planning_timeout: float, step_timeout: float) -> EpisodeSpec:
     if not path.is_file():
         raise CliError(f"env file {path} does not exist")
-    parts = path.resolve().parts
-    env_file = "/".join(parts[-2:])
-    test = level = None
-    if parts[-2].startswith("Test_") and parts[-1].startswith("Level_"):
-        try:
-            test, level = int(parts[-2][5:]), int(parts[-1][6:].split(".")[0])
-        except ValueError:
-            pass
-    return cfg.EpisodeSpec(env_path=str(path.resolve()), env_file=env_file, test=test, level=level,
-                           episode_id="local", seed=seed, planning_timeout_s=planning_timeout,
-                           step_timeout_s=step_timeout)
+    from broker.test_set import parse_env_file
+
+    env_file = "/".join(path.resolve().parts[-2:])
+    test, level = parse_env_file(env_file) or (None, None)
+    return EpisodeSpec(env_path=str(path.resolve()), env_file=env_file, test=test, level=level,
+                       episode_id=LOCAL_EPISODE_ID, seed=seed, planning_timeout_s=planning_timeout,
+                       step_timeout_s=step_timeout)
 
 
-def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step_timeout: float) -> cfg.EpisodeSpec:
+def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step_timeout: float) -> EpisodeSpec:
     """The first episode of a `flateval run --env ENV --seed SEED` (the same seed, the same rules)."""
-    from broker.plan import PlanError, plan_submission
+    from broker.plan import PlanError
     from broker.submit import episode_specs
-    from flateval.challenge import ChallengeError
+    from core.challenge import ChallengeError
+    from flateval.planning import plan_run
 
     try:
-        plan = plan_submission(env=env, episodes=1, seed=seed, planning_timeout_s=planning_timeout,
-                               step_timeout_s=step_timeout)
+        plan = plan_run(env=env, episodes=1, seed=seed, planning_timeout_s=planning_timeout,
+                        step_timeout_s=step_timeout)
     except (PlanError, ChallengeError) as exc:
         raise CliError(str(exc)) from None
-    return episode_specs("local", plan)[0]
+    return replace(episode_specs(LOCAL_EPISODE_ID, plan)[0], episode_id=LOCAL_EPISODE_ID)
 
 
 # --------------------------------------------------------------------------------------- run
@@ -149,10 +152,11 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
         overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
         agent_startup_timeout: float, metrics_port: int | None, curve: bool) -> None:
     """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score."""
-    from broker.local_run import RunError, run_local
     from broker.plan import PlanError
     from broker.test_set import TestSetError
-    from flateval.challenge import ChallengeError
+    from core.challenge import ChallengeError
+    from flateval.local_cluster import RunError, run_local
+    from flateval.planning import BUNDLED_TEST_SET, plan_run
     from flateval.progress import ProgressView, print_score
 
     settings = cfg.RunSettings(agent_command=agent_command, test_set=test_set, workers=workers, redis_url=redis_url,
@@ -162,8 +166,11 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                                metrics_port=metrics_port, curve=curve)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes, seed=seed,
+                        planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
+                        overall_timeout_s=overall_timeout, default_test_set=BUNDLED_TEST_SET)
         with ProgressView() as view:
-            document = run_local(settings, on_progress=view.update)
+            document = run_local(settings, plan, on_progress=view.update)
     except (RunError, TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
@@ -269,29 +276,29 @@ def submit(redis_url: str | None, test_set: str | None, name: str | None, challe
            env: str | None, episodes: int | None, seed: int | None) -> None:
     """Enqueue a submission for remote workers; print its id."""
     from broker import submit as submitting
-    from broker.local_run import RunError, connect
-    from broker.plan import PlanError, plan_submission
+    from broker.plan import PlanError
     from broker.test_set import TestSetError
-    from flateval.challenge import ChallengeError
+    from core.challenge import ChallengeError
+    from flateval.planning import plan_run
 
     try:
-        plan = plan_submission(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes,
-                               seed=seed, planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
-                               overall_timeout_s=overall_timeout)
-        conn = connect(_redis_url(redis_url))
-    except (TestSetError, RunError, ChallengeError, PlanError) as exc:
+        plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes,
+                        seed=seed, planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
+                        overall_timeout_s=overall_timeout)
+    except (TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
+    conn = _conn(redis_url)
     sid = submitting.create(conn, plan, name=name)
     submitting.enqueue(conn, sid, plan, submitting.episode_specs(sid, plan))
     click.echo(sid)
 
 
 def _conn(redis_url: str | None):
-    from broker.local_run import RunError, connect
+    from broker.connection import RedisUnreachable, connect
 
     try:
         return connect(_redis_url(redis_url))
-    except RunError as exc:
+    except RedisUnreachable as exc:
         raise CliError(str(exc)) from None
 
 
@@ -307,12 +314,12 @@ def status(submission_id: str, redis_url: str | None) -> None:
     if record is None:
         raise CliError(f"no submission {submission_id}")
     done = store.count_results(conn, submission_id)
-    score = (record.get("score") or {}).get("mean_normalized_return")
-    line = f"{submission_id}  {record['status']}  {done}/{record['n_episodes']} episodes"
+    score = (record.score or {}).get("mean_normalized_return")
+    line = f"{submission_id}  {record.status}  {done}/{record.n_episodes} episodes"
     if score is not None:
         line += f"  mean normalized return {score:.6f}"
-    if record.get("error"):
-        line += f"  ({record['error']})"
+    if record.error:
+        line += f"  ({record.error})"
     click.echo(line)
 
 
@@ -371,6 +378,48 @@ def export(results_file: str, fmt: str, output: str | None, split: str | None) -
         Path(output).write_text(text)
     else:
         click.echo(text, nl=False)
+
+
+# --------------------------------------------------------------------------------------- kubernetes
+@main.command("k8s-manifests")
+@click.argument("submission_id")
+@click.argument("agent_image")
+@click.option("--namespace", help="Namespace of the objects (default: flateval).")
+@click.option("--worker-image", help="The env worker's image (default: flateval/worker at this version).")
+@click.option("--challenge", help="Take the agent's cpu/memory and the deadlines from this challenge (default: "
+                                  "neurips2020).")
+@click.option("--phase", help="Phase of the challenge (default: its default phase).")
+@click.option("--cpu", help="Agent CPU (overrides the challenge's).")
+@click.option("--memory", help="Agent memory, e.g. 15Gi (overrides the challenge's).")
+@click.option("--max-replicas", type=int, default=10, show_default=True)
+@click.option("--grace-s", type=int, help="Pod termination grace (default: one worst-case episode under the "
+                                          "challenge's deadlines).")
+@click.option("--test-set-claim", help="PVC with the test set (default: flateval-test-set); '' if the worker "
+                                     "image holds it at /test-set.")
+@click.option("--image-pull-secret", "image_pull_secrets", multiple=True)
+def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, worker_image: str | None,
+                  challenge: str | None, phase: str | None, cpu: str | None, memory: str | None, max_replicas: int,
+                  grace_s: int | None, test_set_claim: str | None, image_pull_secrets: tuple[str, ...]) -> None:
+    """Print one submission's Kubernetes objects (a KEDA ScaledJob): pipe into `kubectl apply -f -`."""
+    from broker import k8s_manifests as k8s
+    from core.challenge import ChallengeError, load_challenge
+
+    try:
+        chosen = load_challenge(challenge).phase(phase)
+    except ChallengeError as exc:
+        raise CliError(str(exc)) from None
+    given = {"namespace": namespace, "worker_image": worker_image}
+    if test_set_claim is not None:
+        given["test_set_claim"] = test_set_claim or None
+    try:
+        objects = k8s.submission_manifests(
+            submission_id, agent_image, cpu=cpu or f"{chosen.agent_resources.cpu:g}",
+            memory=memory or chosen.agent_resources.memory, max_replicas=max_replicas,
+            grace_s=grace_s if grace_s is not None else k8s.episode_bound_s(chosen.time_limits),
+            image_pull_secrets=image_pull_secrets, **{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    click.echo(k8s.to_yaml(objects), nl=False)
 
 
 # --------------------------------------------------------------------------------------- test sets

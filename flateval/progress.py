@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from statistics import fmean
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from broker.store import Submission
+from core.outcomes import AGENT_ERROR, ENV_ERROR, TIMEOUT
+from scoring.aggregate import primary_score
+
 console = Console(stderr=True)
 
 
 class ProgressView:
-    """Episodes done/total, the running mean normalized return, and the timeouts so far."""
+    """Episodes done/total, the running score (as the final score will be computed), and the
+    timeouts so far."""
 
     def __init__(self) -> None:
         self._progress = Progress(
@@ -28,16 +32,22 @@ class ProgressView:
         if self._task is not None:
             self._progress.__exit__(*exc)
 
-    def update(self, results: list[dict], total: int) -> None:
-        scored = [r["normalized_return"] for r in results if r.get("normalized_return") is not None]
-        timeouts = sum(r.get("outcome") == "timeout" for r in results)
-        errors = sum(r.get("outcome") in ("agent_error", "env_error") for r in results)
-        summary = f"mean NR {fmean(scored):+.4f}" if scored else "mean NR -"
-        summary += f"  timeouts {timeouts}  errors {errors}"
+    def update(self, results: list[dict], record: Submission) -> None:
+        total = record.n_episodes
+        summary = progress_summary(results, record)
         if self._task is None:
             self._progress.start()
             self._task = self._progress.add_task("episodes", total=total, summary=summary)
         self._progress.update(self._task, completed=len(results), total=total, summary=summary)
+
+
+def progress_summary(results: list[dict], record: Submission) -> str:
+    """The running score (computed as the final score will be), the timeouts and errors so far."""
+    score = primary_score(results, record.aggregation)
+    timeouts = sum(r.get("outcome") == TIMEOUT for r in results)
+    errors = sum(r.get("outcome") in (AGENT_ERROR, ENV_ERROR) for r in results)
+    summary = f"mean NR {score:+.4f}" if score is not None else "mean NR -"
+    return summary + f"  timeouts {timeouts}  errors {errors}"
 
 
 def print_score(document: dict) -> None:

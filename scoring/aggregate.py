@@ -6,11 +6,8 @@ from collections import Counter, defaultdict
 from statistics import fmean
 from typing import Any, Iterable, Mapping
 
-from flateval.settings import FLATLAND
-from scoring.episode import ENV_ERROR, OUTCOMES
-
-
-AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
+from core.outcomes import ENV_ERROR, OUTCOMES
+from core.settings import FLATLAND
 
 
 def combine(values: list[float], tests: list[Any], method: str = "mean") -> float | None:
@@ -27,6 +24,19 @@ def combine(values: list[float], tests: list[Any], method: str = "mean") -> floa
     return fmean(values)
 
 
+def scored_episodes(results: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The episodes that count towards the score: every one with a normalized return, except those
+    lost to a broken env file (``env_error``, the host's fault)."""
+    return [r for r in results if r.get("outcome") != ENV_ERROR and r.get("normalized_return") is not None]
+
+
+def primary_score(results: Iterable[Mapping[str, Any]], method: str = "mean") -> float | None:
+    """The submission's primary number from the results stored so far: what `flateval run`'s progress
+    bar, the exporter's ``flateval_submission_mean_normalized_return`` and the final score all show."""
+    scored = scored_episodes(results)
+    return combine([r["normalized_return"] for r in scored], [r.get("test") for r in scored], method)
+
+
 def aggregate(results: Iterable[Mapping[str, Any]], method: str = "mean") -> dict[str, Any]:
     """Primary: the normalized returns of the scored episodes, combined by `method` (the key keeps
     its contract name, `mean_normalized_return`; for a gymnasium env without normalization it is the
@@ -37,13 +47,12 @@ def aggregate(results: Iterable[Mapping[str, Any]], method: str = "mean") -> dic
     they are reported in `outcomes`. No scored episode means a null score.
     """
     results = list(results)
-    scored = [r for r in results if r.get("outcome") != ENV_ERROR and r.get("normalized_return") is not None]
+    scored = scored_episodes(results)
     outcomes = Counter(r.get("outcome") for r in results)
     has_completion = any(r.get("env", FLATLAND) == FLATLAND for r in scored)  # records before "env": Flatland
     returns = [r["return"] for r in scored if r.get("return") is not None]
     return {
-        "mean_normalized_return": combine([r["normalized_return"] for r in scored],
-                                          [r.get("test") for r in scored], method),
+        "mean_normalized_return": primary_score(scored, method),
         "aggregation": method,
         "mean_percentage_complete": fmean(r["percentage_complete"] or 0.0 for r in scored) if has_completion else None,
         "mean_return": fmean(returns) if returns else None,

@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-COMPLETED = "completed"
-TIMEOUT = "timeout"
-AGENT_ERROR = "agent_error"
-ENV_ERROR = "env_error"
-OUTCOMES = (COMPLETED, TIMEOUT, AGENT_ERROR, ENV_ERROR)
-STOPPED = "stopped"
-"""Not an outcome a submission ever records: the episode was cut because its submission ended."""
+from core.episode_spec import EpisodeSpec
+from core.outcomes import COMPLETED, ENV_ERROR, STOPPED
 
 FAILED_EPISODE_RETURN = -1.0
 """Normalized return (Round-1 scale) of an episode whose agent missed a deadline or misbehaved."""
@@ -36,6 +31,34 @@ def scaled_return(total: float, reference_return: float | None = None, offset: f
     """A gymnasium episode's score: its return, divided by the challenge's reference return if it
     sets one (e.g. 500 for CartPole-v1: a perfect episode scores 1.0), plus the phase's offset."""
     return (total / reference_return if reference_return else total) + offset
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What scoring needs from a finished (or cut) episode."""
+
+    cumulative_reward: float  # the undiscounted sum of every agent's rewards: the episode's return
+    max_episode_steps: int | None  # None: the env has no step limit of its own
+    n_agents: int
+    n_done: int | None  # agents that reached their goal (None: the env has no such notion)
+    per_agent_rewards: tuple[float, ...] = ()
+
+
+def episode_score(outcome: str, totals: ScoreInputs, spec: EpisodeSpec) -> float | None:
+    """The episode's score under the challenge's normalization. Env errors and stopped episodes have
+    none; a failed episode (timeout, agent error) scores -1.0 under Flatland's normalizations, and
+    its return so far (or the challenge's ``failed_return``) under ``return``."""
+    if outcome in (ENV_ERROR, STOPPED):
+        return None
+    if spec.normalization == "return":
+        failed = outcome != COMPLETED and spec.failed_return is not None
+        return scaled_return(spec.failed_return if failed else totals.cumulative_reward, spec.reference_return,
+                             spec.score_offset)
+    if outcome != COMPLETED:
+        return FAILED_EPISODE_RETURN + spec.score_offset
+    if spec.normalization == "flatland":
+        return capped_normalized_return(list(totals.per_agent_rewards), totals.max_episode_steps, spec.score_offset)
+    return normalized_return(totals.cumulative_reward, totals.max_episode_steps, totals.n_agents, spec.score_offset)
 
 
 def percentage_complete(n_done: int, n_agents: int) -> float:

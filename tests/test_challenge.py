@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flateval.challenge import ChallengeError, load_challenge, parse_challenge
+from core.challenge import ChallengeError, load_challenge, parse_challenge
 from scoring.aggregate import combine
 from scoring.episode import capped_normalized_return
 from tests.conftest import slow_agent

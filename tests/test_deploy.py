@@ -33,7 +33,7 @@ import yaml
 
 from broker import k8s_manifests as k8s
 from broker.embedded_redis import start_redis
-from flateval.challenge import load_challenge
+from core.challenge import load_challenge
 from tests.conftest import REPO, free_port
 
 DEPLOY = REPO / "deploy"
@@ -632,12 +632,17 @@ def test_submission_workload_pairs_the_agent_with_its_worker_safely():
     assert not any(match_selector(s, {"app.kubernetes.io/component": "agent"}) for s in allowed)
 
 
-def test_the_overlay_example_is_the_functions_output_and_the_cli_prints_it(capsys):
+def test_the_overlay_example_is_the_functions_output_and_the_cli_prints_it():
+    from click.testing import CliRunner
+
+    from flateval.cli import main
+
     expected = k8s.submission_manifests(EXAMPLE_SID, EXAMPLE_AGENT, worker_image=EXAMPLE_WORKER)
     assert yaml_objects(OVERLAY / "submission-example.yaml") == expected
     assert [o for o in yaml.safe_load_all(k8s.to_yaml(expected)) if o] == expected
-    assert k8s.main([EXAMPLE_SID, EXAMPLE_AGENT, "--worker-image", EXAMPLE_WORKER]) == 0
-    assert [o for o in yaml.safe_load_all(capsys.readouterr().out) if o] == expected
+    printed = CliRunner().invoke(main, ["k8s-manifests", EXAMPLE_SID, EXAMPLE_AGENT, "--worker-image", EXAMPLE_WORKER])
+    assert printed.exit_code == 0, printed.output
+    assert [o for o in yaml.safe_load_all(printed.output) if o] == expected
     for bad in ("Upper-Case", "a_b", "-x", "x" * 60):
         with pytest.raises(ValueError):
             k8s.submission_manifests(bad, EXAMPLE_AGENT)

@@ -13,7 +13,7 @@ from agent_bridge import protocol as wire
 from env_worker.agent_process import AgentProcess
 from env_worker.agent_link import AgentLink, AgentTimeout
 from env_worker.episode import run_episode
-from flateval.settings import EpisodeSpec
+from core.episode_spec import EpisodeSpec
 
 FIRST_ENV = "Test_0/Level_0.pkl"
 

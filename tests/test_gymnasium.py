@@ -22,13 +22,14 @@ from gymnasium import spaces
 
 from agent_bridge import protocol as wire
 from broker.plan import PlanError, plan_submission
+from flateval.planning import plan_run
 from broker.submit import episode_specs
 from env_worker.agent_link import AgentLink
 from env_worker.env_adapter import EnvLoadError
 from env_worker.episode import run_episode
 from env_worker.gymnasium_env import INSTALL_HINT, GymnasiumEnv, describe_space
-from flateval.challenge import ChallengeError, parse_challenge
-from flateval.settings import EpisodeSpec
+from core.challenge import ChallengeError, parse_challenge
+from core.episode_spec import EpisodeSpec
 from scoring.export import to_csv, to_evalai
 from tests.test_run import DO_NOTHING, flateval, leftover_processes
 
@@ -266,7 +267,7 @@ def test_gymnasium_missing_is_one_line(monkeypatch):
     with pytest.raises(EnvLoadError, match=f"^{re.escape(INSTALL_HINT)}$"):
         GymnasiumEnv("CartPole-v1", 0)
     with pytest.raises(PlanError, match=f"^{re.escape(INSTALL_HINT)}$"):
-        plan_submission(env="gymnasium:CartPole-v1")
+        plan_run(env="gymnasium:CartPole-v1")
 
 
 @pytest.mark.parametrize("data,message", [

@@ -20,7 +20,7 @@ import pytest
 from agent_bridge import protocol as wire
 from env_worker.agent_link import AgentLink
 from env_worker.episode import run_episode
-from flateval.settings import EpisodeSpec
+from core.episode_spec import EpisodeSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "protocol.md"

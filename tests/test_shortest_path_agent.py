@@ -15,7 +15,7 @@ from agent_bridge.examples.shortest_path import DC, DR, RailGraph, exits
 from env_worker.agent_link import AgentLink
 from env_worker.episode import run_episode
 from env_worker.flatland_env import FlatlandEnv
-from flateval.settings import EpisodeSpec
+from core.episode_spec import EpisodeSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SHORTEST_PATH = "agent_bridge.examples.shortest_path"

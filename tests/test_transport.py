@@ -10,7 +10,7 @@ import pytest
 
 from agent_bridge import protocol as wire
 from agent_bridge.server import SPIN_ENV
-from broker.local_run import AGENT_SPIN_US, agent_spin_env
+from flateval.local_cluster import AGENT_SPIN_US, agent_spin_env
 from env_worker.agent_link import ZERO_COPY_BYTES, AgentLink
 
 DIGEST_AGENT = """

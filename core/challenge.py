@@ -2,7 +2,7 @@
 
 A challenge is a YAML file validated on load; a bad key or value is one line naming it, e.g.
 ``challenge my.yaml: phases.round2.scoring.offset: expected a number, got 'one'``. Phases inherit
-from the file's ``defaults`` section. The bundled default is ``neurips2020`` (flateval/challenges/);
+from the file's ``defaults`` section. The bundled default is ``neurips2020`` (core/challenges/);
 ``gymnasium`` holds the rules of a run on ``--env gymnasium:ENV_ID`` without a challenge.
 """
 
@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from flateval.settings import (
+from core.settings import (
+    AGGREGATIONS,
     DEFAULT_OBSERVATION_BUILDERS,
     DEFAULT_OVERALL_TIMEOUT_S,
     DEFAULT_PLANNING_TIMEOUT_S,
@@ -26,7 +27,6 @@ from flateval.settings import (
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "challenges"
 NORMALIZATIONS = {FLATLAND: ("seed", "flatland"), GYMNASIUM: ("return",)}
-AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
 ONLY_FOR = {  # keys that mean something for one environment only
     "test_set": FLATLAND, "observation_builders": FLATLAND, "scoring.rewards": FLATLAND,
     "stop_rules.completion_gate": FLATLAND,

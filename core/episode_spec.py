@@ -1,30 +1,22 @@
-"""Typed configuration, in one place: what an episode job carries, and the run-wide defaults.
+"""The payload of one episode job: everything an env worker needs to play one episode.
 
-Everything a challenge can change (deadlines, seed, offset, observation builders) is a field here,
-never a constant in code. Jobs cross Redis as JSON, so every settings object has plain
-`as_dict`/`from_dict` round trips.
+Jobs cross Redis as JSON (RQ's JSON serializer, never pickle), so the spec has one plain
+`as_dict`/`from_dict` round trip.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-DEFAULT_PLANNING_TIMEOUT_S = 300.0
-DEFAULT_STEP_TIMEOUT_S = 5.0
-DEFAULT_OVERALL_TIMEOUT_S = 8 * 3600.0
-DEFAULT_ENV_SEED = 1001  # flatland-rl's evaluator resets every env with this seed
-DEFAULT_GYMNASIUM_SEED = 0  # a gymnasium run resets episode i with seed + i
-DEFAULT_OBSERVATION_BUILDERS = ("none", "tree", "global")
-
-AGENT_ENDPOINT_ENV = "FLATEVAL_AGENT_ENDPOINT"
-AGENT_CURVE_KEY_ENV = "FLATEVAL_AGENT_CURVE_KEY"  # the agent's CURVE public key (Z85): encrypt the link
-REDIS_URL_ENV = "FLATEVAL_REDIS_URL"
-
-FLATLAND = "flatland"
-GYMNASIUM = "gymnasium"
-ENVIRONMENTS = (FLATLAND, GYMNASIUM)
+from core.settings import (
+    DEFAULT_ENV_SEED,
+    DEFAULT_OBSERVATION_BUILDERS,
+    DEFAULT_PLANNING_TIMEOUT_S,
+    DEFAULT_STEP_TIMEOUT_S,
+    FLATLAND,
+    GYMNASIUM,
+)
 
 
 def parse_env(text: str) -> tuple[str, str | None]:
@@ -75,26 +67,3 @@ class EpisodeSpec:
         if "observation_builders" in values:
             values["observation_builders"] = tuple(values["observation_builders"])
         return cls(**values)
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How `flateval run` evaluates a submission locally. Time limits left None come from the
-    challenge phase (default: the bundled neurips2020 challenge, phase round1)."""
-
-    agent_command: str
-    test_set: str | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    redis_url: str | None = None
-    output: str | None = None
-    seed: int | None = None  # None: the challenge's (flatland: 1001, gymnasium: 0)
-    env: str | None = None  # "gymnasium:ENV_ID": evaluate on generated episodes instead of a test set
-    episodes: int | None = None  # with a gymnasium env: how many (default: the challenge phase's)
-    challenge: str | None = None
-    phase: str | None = None
-    planning_timeout_s: float | None = None
-    step_timeout_s: float | None = None
-    overall_timeout_s: float | None = None
-    agent_startup_timeout_s: float = 60.0
-    metrics_port: int | None = None
-    curve: bool = False

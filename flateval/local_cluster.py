@@ -23,13 +23,13 @@ from typing import Callable
 
 import redis
 
+from agent_bridge.server import SPIN_ENV
 from broker import connection, reaper, stop_rules, store, submit
 from broker.embedded_redis import RedisServer, RedisStartError, start_redis
 from broker.exporter import MULTIPROC_ENV, metrics_registry, serve_metrics
-from broker.plan import plan_submission
+from broker.plan import SubmissionPlan
 from broker.results import results_document
-from broker.test_set import bundled_test_set
-from flateval.settings import RunSettings
+from core.settings import RunSettings
 
 POLL_S = 0.1
 REAP_EVERY_S = 1.0
@@ -131,8 +131,6 @@ def agent_spin_env(workers: int) -> dict[str, str]:
     """Let agents busy-wait for their next request when every process of every pair has a core of
     its own: a blocked agent takes tens of microseconds to wake, a large part of a fast agent's
     round trip (measured: ~120 -> ~85 us per step on 2 cores). An explicit setting wins."""
-    from agent_bridge.server import SPIN_ENV  # here: the exporter's image imports this module without zmq
-
     if SPIN_ENV in os.environ or workers * 2 > (os.cpu_count() or 1):
         return {}
     return {SPIN_ENV: str(AGENT_SPIN_US)}
@@ -167,12 +165,11 @@ def _respawn_dead_pairs(cluster: LocalCluster, settings: RunSettings, redis_url:
         cluster.pairs[i] = _spawn_pair(cluster, settings, redis_url, queue, pair.index, pair.generation + 1)
 
 
-def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], None] | None = None) -> dict:
-    """Evaluate one submission on a local cluster; return the results document."""
-    plan = plan_submission(challenge=settings.challenge, phase=settings.phase, test_set=settings.test_set,
-                           env=settings.env, episodes=settings.episodes, seed=settings.seed,
-                           planning_timeout_s=settings.planning_timeout_s, step_timeout_s=settings.step_timeout_s,
-                           overall_timeout_s=settings.overall_timeout_s, default_test_set=bundled_test_set())
+def run_local(settings: RunSettings, plan: SubmissionPlan,
+              on_progress: Callable[[list[dict], store.Submission], None] | None = None) -> dict:
+    """Evaluate one submission (`flateval.planning.plan_run`) on a local cluster; return the results
+    document. `on_progress` gets the results so far and the submission's record whenever a result
+    arrives."""
     cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="flateval-run-")))
     try:
         if settings.redis_url:
@@ -187,7 +184,7 @@ def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], No
         if settings.metrics_port:
             server, _ = serve_metrics(settings.metrics_port, metrics_registry(conn, str(cluster.metrics_dir)))
             cluster.metrics_server = server
-        sid = submit.create(conn, plan, extra={"agent_command": settings.agent_command, "workers": settings.workers})
+        sid = submit.create(conn, plan, agent_command=settings.agent_command, workers=settings.workers)
         queue = store.queue_name(sid)
         _start_pairs(cluster, settings, redis_url, queue)
         _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
@@ -208,7 +205,7 @@ def run_local(settings: RunSettings, on_progress: Callable[[list[dict], int], No
 
 
 def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
-            on_progress: Callable[[list[dict], int], None] | None, respawn: Callable[[], None]) -> None:
+            on_progress: Callable[[list[dict], store.Submission], None] | None, respawn: Callable[[], None]) -> None:
     """Watch the submission until it ends; keep its pairs alive and re-run dead workers' episodes;
     fail it when its time runs out or its pairs cannot be kept alive."""
     seen = -1
@@ -218,8 +215,8 @@ def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
         count = store.count_results(conn, sid)
         if on_progress and count != seen:
             seen = count
-            on_progress(store.get_results(conn, sid), record["n_episodes"])
-        if record["status"] in store.TERMINAL:
+            on_progress(store.get_results(conn, sid), record)
+        if record.status in store.TERMINAL:
             return
         if stop_rules.check_deadline(conn, sid, deadline):
             return

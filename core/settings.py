@@ -1,0 +1,52 @@
+"""Typed configuration, in one place: the defaults a challenge starts from, the environment
+variables flateval reads, and how `flateval run` is set up.
+
+Everything a challenge can change (deadlines, seed, offset, observation builders) is a field of a
+challenge (`core.challenge`) or of an episode (`core.episode_spec`), never a constant in code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_PLANNING_TIMEOUT_S = 300.0
+DEFAULT_STEP_TIMEOUT_S = 5.0
+DEFAULT_OVERALL_TIMEOUT_S = 8 * 3600.0
+DEFAULT_ENV_SEED = 1001  # flatland-rl's evaluator resets every env with this seed
+DEFAULT_GYMNASIUM_SEED = 0  # a gymnasium run resets episode i with seed + i
+DEFAULT_OBSERVATION_BUILDERS = ("none", "tree", "global")
+"""The observation builders an env worker can build for an agent (and a challenge may allow)."""
+AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
+"""How a submission's episode scores combine into its primary score (`scoring.aggregate`)."""
+
+AGENT_ENDPOINT_ENV = "FLATEVAL_AGENT_ENDPOINT"
+AGENT_CURVE_KEY_ENV = "FLATEVAL_AGENT_CURVE_KEY"  # the agent's CURVE public key (Z85): encrypt the link
+REDIS_URL_ENV = "FLATEVAL_REDIS_URL"
+
+FLATLAND = "flatland"
+GYMNASIUM = "gymnasium"
+ENVIRONMENTS = (FLATLAND, GYMNASIUM)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How `flateval run` evaluates a submission locally. Time limits left None come from the
+    challenge phase (default: the bundled neurips2020 challenge, phase round1)."""
+
+    agent_command: str
+    test_set: str | None = None
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    redis_url: str | None = None
+    output: str | None = None
+    seed: int | None = None  # None: the challenge's (flatland: 1001, gymnasium: 0)
+    env: str | None = None  # "gymnasium:ENV_ID": evaluate on generated episodes instead of a test set
+    episodes: int | None = None  # with a gymnasium env: how many (default: the challenge phase's)
+    challenge: str | None = None
+    phase: str | None = None
+    planning_timeout_s: float | None = None
+    step_timeout_s: float | None = None
+    overall_timeout_s: float | None = None
+    agent_startup_timeout_s: float = 60.0
+    metrics_port: int | None = None
+    curve: bool = False
