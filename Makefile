@@ -10,8 +10,9 @@ AGENT  ?= $(BIN)/python -m agent_bridge.examples.shortest_path
 
 $(BIN)/flateval: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install -qq --upgrade pip
+	@# setuptools explains editable installs at length on every install: say nothing when all is well
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -qq -e '.[test]'
 	@touch $@
 
 install: $(BIN)/flateval
