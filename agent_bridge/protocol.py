@@ -66,6 +66,8 @@ DEFAULT_MAX_REPLY_BYTES = 1 << 20
 """Cap on one agent reply (ZMQ_MAXMSGSIZE on the env side's socket)."""
 DEFAULT_MAX_REQUEST_BYTES = 1 << 30
 """Cap on one env request, set by the agent on its own socket (observations can be large)."""
+MAX_ENV_FILE_BYTES = 64 << 20
+"""Cap on the env file a replica agent is sent in `episode_start` (Flatland's largest are a few MB)."""
 
 
 class ProtocolError(ValueError):
@@ -174,32 +176,57 @@ def hello_request() -> dict:
 
 def episode_start_request(*, episode_id: str, env_file: str, seed: int, env: Mapping[str, Any],
                           observation: Mapping[str, Any] | None, planning_s: float, step_s: float,
-                          observations: Any, info: Mapping[str, Any]) -> dict:
-    """The first request of an episode: the env's static facts, the deadlines, the first observations."""
-    return {"type": EPISODE_START, "episode_id": episode_id, "env_file": env_file, "seed": seed, "env": env,
-            "observation": observation, "step": 0, "deadlines": {"planning_s": planning_s, "step_s": step_s},
-            "observations": observations, "info": info}
+                          observations: Any, info: Mapping[str, Any] | None,
+                          replica: Mapping[str, Any] | None = None) -> dict:
+    """The first request of an episode: the env's static facts, the deadlines, the first observations;
+    in replica mode (section 15 of docs/protocol.md) what the agent's own copy of the env needs instead."""
+    message = {"type": EPISODE_START, "episode_id": episode_id, "env_file": env_file, "seed": seed, "env": env,
+               "observation": observation, "step": 0, "deadlines": {"planning_s": planning_s, "step_s": step_s},
+               "observations": observations, "info": info}
+    if replica is not None:
+        message["replica"] = replica
+    return message
 
 
-def step_request(step: int, observations: Any, rewards: Any, dones: Any, info: Mapping[str, Any]) -> dict:
-    """One step's request: what the previous actions led to; the reply holds the next actions."""
-    return {"type": STEP, "step": step, "observations": observations, "rewards": rewards, "dones": dones,
-            "info": info}
+def replica_start(env_file_bytes: bytes, rewards: str) -> dict:
+    """What a replica loads and resets exactly as the env side does: the env file, the rewards class
+    (and `episode_start`'s seed)."""
+    return {"env_file_bytes": env_file_bytes, "rewards": rewards}
+
+
+def step_request(step: int, observations: Any, rewards: Any, dones: Any, info: Mapping[str, Any] | None) -> dict:
+    """One step's request: what the previous actions led to; the reply holds the next actions. A
+    replica agent gets no observations and no info: it builds its own."""
+    message = {"type": STEP, "step": step, "observations": observations, "rewards": rewards, "dones": dones}
+    if info is not None:
+        message["info"] = info
+    return message
 
 
 def episode_end_request(*, episode_id: str, outcome: str, normalized_return: float | None,
-                        percentage_complete: float | None, steps: int) -> dict:
-    return {"type": EPISODE_END, "episode_id": episode_id, "outcome": outcome,
-            "normalized_return": normalized_return, "percentage_complete": percentage_complete, "steps": steps}
+                        percentage_complete: float | None, steps: int, reward: float | None = None,
+                        rewards: Any = None, dones: Any = None) -> dict:
+    """The episode's result; for a replica, also the last step's rewards and dones to check against."""
+    message = {"type": EPISODE_END, "episode_id": episode_id, "outcome": outcome,
+               "normalized_return": normalized_return, "percentage_complete": percentage_complete, "steps": steps,
+               "reward": reward}
+    if rewards is not None:
+        message.update(rewards=rewards, dones=dones)
+    return message
 
 
-def aborted_request(episode_id: str, reason: str) -> dict:
-    """The notice that `episode_id` was cut; sent before the env side's next request."""
-    return {"type": ABORTED, "episode_id": episode_id, "reason": reason}
+def aborted_request(episode_id: str, reason: str, normalized_return: float | None = None) -> dict:
+    """The notice that `episode_id` was cut, and what it scored; sent at once, or before the env
+    side's next request."""
+    return {"type": ABORTED, "episode_id": episode_id, "reason": reason, "normalized_return": normalized_return}
 
 
-def hello_reply(name: str, observation: Mapping[str, Any] | None) -> dict:
-    return {"type": HELLO, "protocol": PROTOCOL_VERSION, "name": name, "observation": observation}
+def hello_reply(name: str, observation: Mapping[str, Any] | None, replica: bool = False) -> dict:
+    """`replica`: the agent keeps its own copy of the env (section 15 of docs/protocol.md)."""
+    reply = {"type": HELLO, "protocol": PROTOCOL_VERSION, "name": name, "observation": observation}
+    if replica:
+        reply["replica"] = True
+    return reply
 
 
 def act_reply(actions: Any) -> dict:
@@ -233,6 +260,8 @@ def check_reply(request_type: str, reply: dict) -> dict:
             isinstance(observation, dict) and isinstance(observation.get("builder"), str)
         ):
             raise ProtocolError("hello 'observation' must be null or a map with a string 'builder'")
+        if type(reply.get("replica", False)) is not bool:
+            raise ProtocolError("hello 'replica' must be a boolean")
     return reply
 
 

@@ -147,7 +147,6 @@ def serve(
     policy is sent back as an ``error`` reply (the env side scores that episode as an agent error)
     and the agent keeps serving. `max_requests` stops after that many requests (for tests).
     """
-    endpoint = endpoint or os.environ.get(BIND_ENV) or DEFAULT_ENDPOINT
     _import_numpy()
     if spin_s is None:
         spin_s = float(os.environ.get(SPIN_ENV, "0") or 0) / 1e6
@@ -156,21 +155,8 @@ def serve(
     def log(text: str) -> None:
         print(f"[agent {name}] {text}", file=sys.stderr, flush=True)
 
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REP)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)
-    secret = os.environ.get(CURVE_SECRET_ENV)
-    if secret:
-        sock.curve_secretkey = secret.encode()
-        sock.curve_publickey = zmq.curve_public(secret.encode())
-        sock.curve_server = True
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(linger=0)
-        raise SystemExit(f"agent: cannot bind {endpoint}: {exc}") from None
-    log(f"serving on {endpoint}" + (" (CurveZMQ)" if secret else ""))
+    sock, how = bind_agent_socket(zmq.REP, endpoint, max_request_bytes)
+    log(f"serving on {how}")
     session = _Session(policy, name, log)
     served = 0
     try:
@@ -190,6 +176,28 @@ def serve(
         pass
     finally:
         sock.close(linger=0)
+
+
+def bind_agent_socket(kind: int, endpoint: str | None = None,
+                      max_request_bytes: int = wire.DEFAULT_MAX_REQUEST_BYTES) -> tuple[zmq.Socket, str]:
+    """The agent's socket, bound where the evaluator said (``$FLATEVAL_AGENT_BIND``, else
+    ``tcp://*:8086``), CurveZMQ-encrypted when it gave a key; and a description for the log. A
+    failure to bind ends the agent with one line."""
+    endpoint = endpoint or os.environ.get(BIND_ENV) or DEFAULT_ENDPOINT
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)
+    secret = os.environ.get(CURVE_SECRET_ENV)
+    if secret:
+        sock.curve_secretkey = secret.encode()
+        sock.curve_publickey = zmq.curve_public(secret.encode())
+        sock.curve_server = True
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise SystemExit(f"agent: cannot bind {endpoint}: {exc}") from None
+    return sock, endpoint + (" (CurveZMQ)" if secret else "")
 
 
 def _import_numpy() -> None:

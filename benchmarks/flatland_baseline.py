@@ -125,12 +125,10 @@ def run_flatland_evaluator(test_set: Path, redis_port: int, *, timeout_s: float 
     """
     import redis
 
-    from broker.embedded_redis import start_redis
-
     test_set = Path(test_set).resolve()
     workdir = Path(tempfile.mkdtemp(prefix="flatland-baseline-"))
     results, log = workdir / "results.csv", workdir / "service.log"
-    server = start_redis(port=redis_port)
+    server = start_redis_for_flatland(redis_port)
     service, watchdog, finishing = None, None, threading.Event()
     try:
         service = _start_service(test_set, redis_port, results, log)
@@ -150,9 +148,54 @@ def run_flatland_evaluator(test_set: Path, redis_port: int, *, timeout_s: float 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _start_service(test_set: Path, port: int, results: Path, log: Path) -> subprocess.Popen:
+def run_flatland_script(test_set: Path, script: list[str], redis_port: int, *, service_env: dict | None = None,
+                        client_env: dict | None = None, timeout_s: float = 600) -> dict:
+    """flatland's own service + a participant's FlatlandRemoteClient script (``python SCRIPT ARGS``),
+    end to end, as flatland's evaluation ran them: the script finds the service through the
+    variables flatland's client reads (AICROWD_SUBMISSION_ID, redis_ip, AICROWD_TESTS_FOLDER), plus
+    REDIS_PORT for scripts that take the port from it (flatland's client defaults to 6379).
+
+    Returns {"wall_s" (both launched -> the script exited), "episodes" (the service's results CSV,
+    as in `run_flatland_evaluator`), "returncode", "output" (the script's stdout and stderr),
+    "log_tail" (the service's)}. `service_env` sets the service's limits, e.g.
+    {"FLATLAND_PER_STEP_TIMEOUT": "1"} (whole seconds: flatland reads them with int()).
+    """
+    test_set = Path(test_set).resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="flatland-script-"))
+    results, log = workdir / "results.csv", workdir / "service.log"
+    server = start_redis_for_flatland(redis_port)
+    service, finishing = None, threading.Event()
+    try:
+        started = time.perf_counter()
+        service = _start_service(test_set, redis_port, results, log, service_env)
+        watchdog = threading.Thread(target=_watch, args=(service, server, timeout_s, finishing), daemon=True)
+        watchdog.start()
+        env = {**os.environ, "AICROWD_SUBMISSION_ID": SERVICE_ID, "redis_ip": "127.0.0.1",
+               "AICROWD_TESTS_FOLDER": str(test_set), "REDIS_PORT": str(redis_port), **(client_env or {})}
+        client = subprocess.run([sys.executable, *script], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                text=True, timeout=timeout_s)
+        finishing.set()
+        service.wait(timeout_s)
+        wall = time.perf_counter() - started
+        return {"wall_s": wall, "episodes": _service_episodes(results) if results.exists() else [],
+                "returncode": client.returncode, "output": client.stdout + client.stderr, "log_tail": _tail(log)}
+    finally:
+        finishing.set()
+        _stop(service)
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start_redis_for_flatland(port: int):
+    from broker.embedded_redis import start_redis
+
+    return start_redis(port=port)
+
+
+def _start_service(test_set: Path, port: int, results: Path, log: Path,
+                   extra_env: dict | None = None) -> subprocess.Popen:
     """flatland's service in its own interpreter, its prints going to `log`."""
-    env = {**os.environ, **SERVICE_ENV}
+    env = {**os.environ, **SERVICE_ENV, **(extra_env or {})}
     with open(log, "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-c", _SERVICE_SCRIPT, str(test_set), str(port), SERVICE_ID, str(results)],
@@ -213,7 +256,8 @@ def _service_episodes(results: Path) -> list[dict]:
             reported = float(row["normalized_reward"])
             episodes.append({"env_file": row["filename"], "steps": int(float(row["steps"])),
                              "normalized_reward": reported,
-                             "normalized_return": reported - SERVICE_NORMALIZED_OFFSET})
+                             "normalized_return": reported - SERVICE_NORMALIZED_OFFSET,
+                             "percentage_complete": float(row["percentage_complete"] or 0.0)})
     return episodes
 
 

@@ -81,6 +81,7 @@ def make_plan(
         step_timeout_s=limits.step_s, score_offset=scoring.offset, normalization=scoring.normalization,
         reference_return=scoring.reference_return, failed_return=scoring.failed_return,
         rewards=scoring.rewards, observation_builders=phase.observation_builders,
+        share_env_files=phase.share_env_files,
     )
     return SubmissionPlan(
         episodes=selected, template=template, overall_s=limits.overall_s,

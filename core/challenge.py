@@ -28,7 +28,7 @@ from core.settings import (
 BUNDLED_DIR = Path(__file__).resolve().parent / "challenges"
 NORMALIZATIONS = {FLATLAND: ("seed", "flatland"), GYMNASIUM: ("return",)}
 ONLY_FOR = {  # keys that mean something for one environment only
-    "test_set": FLATLAND, "observation_builders": FLATLAND, "scoring.rewards": FLATLAND,
+    "test_set": FLATLAND, "observation_builders": FLATLAND, "share_env_files": FLATLAND, "scoring.rewards": FLATLAND,
     "stop_rules.completion_gate": FLATLAND,
     "env_id": GYMNASIUM, "scoring.reference_return": GYMNASIUM, "scoring.failed_return": GYMNASIUM,
 }
@@ -76,6 +76,7 @@ class Phase:
     scoring: Scoring = field(default_factory=Scoring)
     stop_rules: StopRules = field(default_factory=StopRules)
     observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS
+    share_env_files: bool = False  # a replica agent may be sent the env file (as Flatland always did)
     agent_resources: AgentResources = field(default_factory=AgentResources)
 
 
@@ -194,7 +195,7 @@ def _memory(value: Any, where: str) -> str:
 
 def _phase(name: str, raw: Any, where: str, base: Phase, environment: str) -> Phase:
     raw = _mapping(raw if raw is not None else {}, where,
-                   ("episodes", "observation_builders", *(_SECTIONS)))
+                   ("episodes", "observation_builders", "share_env_files", *(_SECTIONS)))
     phase = replace(base, name=name)
     for key, value in raw.items():
         at = f"{where}.{key}"
@@ -206,6 +207,10 @@ def _phase(name: str, raw: Any, where: str, base: Phase, environment: str) -> Ph
                 raise ChallengeError(f"{at}: expected a non-empty list of builders, got {value!r}")
             builders = tuple(_choice(v, f"{at}[{i}]", DEFAULT_OBSERVATION_BUILDERS) for i, v in enumerate(value))
             phase = replace(phase, observation_builders=builders)
+        elif key == "share_env_files":
+            if type(value) is not bool:
+                raise ChallengeError(f"{at}: expected true or false, got {value!r}")
+            phase = replace(phase, share_env_files=value)
         else:
             phase = replace(phase, **{key: _section(_SECTIONS[key], value, at, getattr(phase, key), environment)})
     return phase

@@ -51,6 +51,7 @@ class EpisodeSpec:
     failed_return: float | None = None  # "return": what a failed episode scores (None: its return so far)
     rewards: str = "DefaultRewards"
     observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS
+    share_env_files: bool = False  # a replica agent may be sent the env file (docs/protocol.md section 15)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

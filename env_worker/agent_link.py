@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -39,6 +41,7 @@ _HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FA
 that goes away mid-handshake (NO_DETAIL) is an ordinary disconnect."""
 _MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _HANDSHAKE_FAILED
 _GONE = "agent disconnected (its process exited or closed its socket)"
+T = TypeVar("T")
 
 
 class AgentFault(Exception):
@@ -54,6 +57,16 @@ class AgentTimeout(AgentFault):
 class AgentProtocolFault(AgentFault):
     """The agent answered, but not in this protocol (wrong version, a malformed or unexpected reply):
     retrying cannot help, unlike a silence."""
+
+
+@dataclass(frozen=True)
+class PendingReply:
+    """A request on its way: the reply it awaits, and when its deadline started."""
+
+    kind: str
+    sent: float
+    timeout_s: float
+    lost_idle: bool  # the connection was down when we sent: the request may never arrive
 
 
 class AgentLink:
@@ -127,9 +140,25 @@ class AgentLink:
         return events
 
     # ------------------------------------------------------------------ requests
-    def notify_aborted(self, episode_id: str, reason: str) -> None:
-        """Tell the agent, at its next contact, that `episode_id` was cut."""
-        self._abort_notice = wire.aborted_request(episode_id, reason)
+    def notify_aborted(self, episode_id: str, reason: str, normalized_return: float | None = None) -> None:
+        """Tell the agent, at its next contact (or now: `deliver_notice`), that `episode_id` was cut."""
+        self._abort_notice = wire.aborted_request(episode_id, reason, normalized_return)
+
+    def deliver_notice(self, timeout_s: float) -> bool:
+        """Send a pending ``aborted`` notice now and wait `timeout_s` for its answer: True if the
+        agent answered (or nothing was pending). The answer is also a ping: an agent that cannot
+        answer within one step deadline is hung."""
+        if self._abort_notice is None:
+            return True
+        try:
+            self.receive(self.send(self._take_notice(), timeout_s))
+        except AgentFault:
+            return False
+        return True
+
+    def drop_notice(self) -> None:
+        """Forget a pending notice (its agent process was replaced: the new one never saw the episode)."""
+        self._abort_notice = None
 
     def request(self, message: dict, timeout_s: float) -> tuple[dict, float]:
         """Send `message`, return (checked reply, seconds the agent took).
@@ -139,22 +168,34 @@ class AgentLink:
         arrives in time, `AgentFault` for a dropped connection, a reply that is not one valid
         frame, a wrong reply type or an ``error`` reply.
         """
+        return self.receive(self.send(message, timeout_s))
+
+    def send(self, message: dict, timeout_s: float) -> "PendingReply":
+        """The first half of `request`: deliver any pending notice, send `message`, start its clock.
+        Work done before `receive` overlaps with the agent's."""
         if self._abort_notice is not None:
-            notice, self._abort_notice = self._abort_notice, None
-            self._exchange(wire.encode(notice), notice["type"], timeout_s)
-        sent, frame = self._exchange(wire.encode(message), message["type"], timeout_s)
-        took = time.perf_counter() - sent
+            self.receive(self.send(self._take_notice(), timeout_s))
+        return self._guarded(self._send_request, wire.encode(message), message["type"], timeout_s)
+
+    def receive(self, pending: "PendingReply") -> tuple[dict, float]:
+        """The second half of `request`: wait for the reply with the time left of its deadline."""
+        frame = self._guarded(self._await_reply, pending)
+        took = time.perf_counter() - pending.sent
         try:
-            reply = wire.check_reply(message["type"], wire.decode_reply(frame))
+            reply = wire.check_reply(pending.kind, wire.decode_reply(frame))
         except wire.AgentReportedError as exc:
             raise AgentFault(f"agent raised: {exc}") from None
         except wire.ProtocolError as exc:
             raise AgentProtocolFault(str(exc)) from None
         return reply, took
 
-    def _exchange(self, frame: bytes, kind: str, timeout_s: float) -> tuple[float, bytes]:
+    def _take_notice(self) -> dict:
+        notice, self._abort_notice = self._abort_notice, None
+        return notice
+
+    def _guarded(self, step: Callable[..., T], *args: Any) -> T:
         try:
-            return self._wait_reply(frame, kind, timeout_s)
+            return step(*args)
         except zmq.ZMQError as exc:  # the socket is in a state we cannot trust: start afresh
             self.reset()
             raise AgentFault(f"agent link failed: {exc}") from None
@@ -192,18 +233,22 @@ class AgentLink:
             except zmq.Again:
                 continue
 
-    def _wait_reply(self, frame: bytes, kind: str, timeout_s: float) -> tuple[float, bytes]:
+    def _send_request(self, frame: bytes, kind: str, timeout_s: float) -> "PendingReply":
         self._drain_monitor()
         self._handshake_failed = False  # only what happens while this request is under way counts
-        sock = self._sock
-        self._send(sock, frame, kind, timeout_s)
-        sent = time.perf_counter()
-        deadline = sent + timeout_s
-        if self.spin_s and spin_until_readable(sock, min(deadline, sent + self.spin_s)):
-            return sent, self._recv_one(sock)
         # Connection lost before we sent (agent died between requests): wait for ZeroMQ to retry
         # (agent gone) or reconnect (request delivered after all).
         lost_idle = self._lost
+        self._send(self._sock, frame, kind, timeout_s)
+        return PendingReply(kind, time.perf_counter(), timeout_s, lost_idle)
+
+    def _await_reply(self, pending: PendingReply) -> bytes:
+        sock = self._sock
+        deadline = pending.sent + pending.timeout_s
+        now = time.perf_counter()
+        if self.spin_s and spin_until_readable(sock, min(deadline, now + self.spin_s)):
+            return self._recv_one(sock)
+        lost_idle = pending.lost_idle
         dropped_at: float | None = None  # connection lost mid-request
         while True:
             now = time.perf_counter()
@@ -215,12 +260,12 @@ class AgentLink:
                 if lost_idle or dropped_at is not None:
                     self._gone()
                 self.reset()
-                raise AgentTimeout(f"no reply to '{kind}' within the deadline")
+                raise AgentTimeout(f"no reply to '{pending.kind}' within {pending.timeout_s:g} s")
             until = deadline if dropped_at is None else min(deadline, dropped_at + DROP_DIAGNOSIS_S)
             ready = self._poller.poll(max(1, math.ceil((until - now) * 1000)))
             for socket, _ in ready:
                 if socket is sock:
-                    return sent, self._recv_one(sock)
+                    return self._recv_one(sock)
             events = self._drain_monitor()
             self._handshake_check()
             for event in events:

@@ -118,7 +118,8 @@ class AgentProcess:
         return self.process.pid if self.process else None
 
     def start(self, timeout_s: float = 60.0, handshake: bool = True) -> None:
-        """Start the command; with `handshake`, block until it answers a hello."""
+        """Start the command; with `handshake`, block until it answers a hello and say so in the
+        pidfile (else call `wait_ready` and `mark_ready` later: the agent starts up meanwhile)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             try:
@@ -130,6 +131,11 @@ class AgentProcess:
                 raise AgentStartError(f"cannot start agent command {shlex.quote(self.command)}: {exc}") from None
         if handshake:
             self.wait_ready(timeout_s)
+            self.mark_ready()
+
+    def mark_ready(self) -> None:
+        """Write the agent's pid to the pidfile, if any: whoever supervises us learns it is up (and
+        whom to kill should we die)."""
         if self.pidfile:
             partial = self.pidfile.with_name(self.pidfile.name + ".partial")
             partial.write_text(str(self.process.pid))
@@ -161,32 +167,52 @@ class AgentProcess:
         self.start(timeout_s)
 
     def stop(self, grace_s: float = 3.0) -> None:
-        """Stop the agent and everything its command started (its whole process group)."""
+        """Stop the agent and everything its command started (its whole process group): SIGTERM,
+        `grace_s` for the whole group to exit (an agent may say its last words, as a script's
+        ``submit()`` does: the shell of the command exits at once, the agent need not), then SIGKILL."""
         if self.process is None:
             return
         pgid = self.process.pid
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace_s
+        while self.process.poll() is None or live_group_members(pgid):
+            if time.monotonic() >= deadline:
                 break
-            try:
-                self.process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+            time.sleep(0.02)  # a process group's exit is no event anyone can wait on
         try:  # anything the command left behind in its group
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self.process.wait()
         self.process = None
 
     def output_tail(self, chars: int = OUTPUT_TAIL_CHARS) -> str:
+        return agent_output_tail(self.log_path, chars)
+
+
+def live_group_members(pgid: int) -> int:
+    """How many processes of group `pgid` still run (zombies, which no one may reap here, excluded)."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                size = fh.tell()
-                fh.seek(max(0, size - chars * 4))
-                return fh.read().decode(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return ""
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            count += 1
+    return count
+
+
+def agent_output_tail(log_path: Path, chars: int = OUTPUT_TAIL_CHARS) -> str:
+    """The last `chars` characters an agent wrote to its log ("" if it wrote none)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - chars * 4))
+            return fh.read().decode(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return ""

@@ -28,7 +28,7 @@ class StepOutcome:
     observations: Any
     rewards: list
     dones: list
-    info: dict
+    info: dict | None  # None for a replica agent (it has its own)
     done: bool
 
 
@@ -38,6 +38,10 @@ class EnvAdapter(Protocol):
     def use_observation(self, spec: Mapping[str, Any] | None) -> dict | None:
         """Install the observation builder the agent asked for; return the spec in force (None: the
         env has no builders to choose from)."""
+
+    def serve_replica(self) -> dict:
+        """Build no observations and no info: the agent steps its own copy of the env. Return the
+        observation spec in force (`env_worker.replica.REPLICA_OBSERVATION`)."""
 
     def reset(self) -> tuple[Any, dict]:
         """Reset as the challenge prescribes; return (observations, info) in wire form."""

@@ -13,10 +13,11 @@ from typing import Callable, Sequence
 from agent_bridge import protocol as wire
 from core.episode_spec import EpisodeSpec
 from core.outcomes import AGENT_ERROR, COMPLETED, ENV_ERROR, STOPPED
-from env_worker.agent_link import AgentFault, AgentLink
-from env_worker.env_adapter import EnvLoadError, ObservationNotAllowed
+from env_worker.agent_link import AgentFault, AgentLink, PendingReply
+from env_worker.env_adapter import EnvAdapter, EnvLoadError, ObservationNotAllowed, StepOutcome
 from env_worker.env_factory import make_env
 from env_worker.observers import EpisodeObserver
+from env_worker.replica import replica_episode_start
 from scoring.episode import EpisodeResult, ResponseStats, episode_score, percentage_complete
 
 
@@ -33,29 +34,32 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
     """
     started = time.perf_counter()
     stats = ResponseStats()
-    record = dict(env_file=spec.env_file, test=spec.test, level=spec.level, seed=spec.seed, env=spec.env)
     for observer in observers:
         observer.episode_started(spec)
-    try:
-        env = make_env(spec)
-    except EnvLoadError as exc:
-        return _finish(observers, EpisodeResult(
-            **record, outcome=ENV_ERROR, normalized_return=None, percentage_complete=None, steps=0,
-            cumulative_reward=None, duration_s=time.perf_counter() - started, error=str(exc)))
-
-    steps, outcome, error, observation = 0, COMPLETED, None, None
+    env: EnvAdapter | None = None
+    pending: PendingReply | None = None
+    steps, outcome, error, observation, out, replica = 0, COMPLETED, None, None, None, False
     try:
         budget = spec.planning_timeout_s  # planning covers the handshake and the first actions
         hello, took = link.request(wire.hello_request(), budget)
-        observation = env.use_observation(hello.get("observation"))
-        obs, info = env.reset()
-        for observer in observers:
-            observer.env_reset(env)
-        start = wire.episode_start_request(
-            episode_id=spec.episode_id, env_file=spec.env_file, seed=spec.seed, env=env.facts(),
-            observation=observation, planning_s=spec.planning_timeout_s, step_s=spec.step_timeout_s,
-            observations=obs, info=info)
-        reply, took2 = link.request(start, budget - took)
+        replica = bool(hello.get("replica"))
+        if replica:  # the agent loads the env file itself, while we load ours
+            pending = link.send(replica_episode_start(spec), budget - took)
+            env = make_env(spec)
+            observation = env.serve_replica()
+            env.reset()
+            _reset(observers, env)
+        else:
+            env = make_env(spec)
+            observation = env.use_observation(hello.get("observation"))
+            obs, info = env.reset()
+            _reset(observers, env)
+            pending = link.send(wire.episode_start_request(
+                episode_id=spec.episode_id, env_file=spec.env_file, seed=spec.seed, env=env.facts(),
+                observation=observation, planning_s=spec.planning_timeout_s, step_s=spec.step_timeout_s,
+                observations=obs, info=info), budget - took)
+        reply, took2 = link.receive(pending)
+        pending = None
         stats.planning_s = took + took2
         _replied(observers, took + took2, "planning")
         step_limit = env.score_inputs().max_episode_steps or math.inf  # none: the env alone ends it
@@ -76,38 +80,61 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
             _replied(observers, took, "step")
     except AgentFault as exc:
         outcome, error = exc.outcome, f"{exc} (step {steps})"
-        link.notify_aborted(spec.episode_id, error)
     except EpisodeStopped as exc:
         outcome, error = STOPPED, f"{exc} (step {steps})"
-        link.notify_aborted(spec.episode_id, error)
     except (wire.ProtocolError, ObservationNotAllowed) as exc:
         outcome, error = AGENT_ERROR, f"{exc} (step {steps})"
-        link.notify_aborted(spec.episode_id, error)
+    except EnvLoadError as exc:  # the host's env file: its problem, not the agent's
+        outcome, error = ENV_ERROR, str(exc)
     except Exception as exc:  # the env itself failed: the host's problem, not the agent's
         outcome, error = ENV_ERROR, f"env failed at step {steps}: {type(exc).__name__}: {exc}"
-        link.notify_aborted(spec.episode_id, error)
+    if pending is not None:
+        link.reset()  # a request is out that we will not wait for: a late reply must not be taken for another's
 
+    result = _result(spec, env, outcome, error, steps, stats, observation)
+    if outcome == COMPLETED:
+        _say_goodbye(link, spec, result, out if replica else None)
+    else:
+        link.notify_aborted(spec.episode_id, error, result.normalized_return)
+    result.duration_s = time.perf_counter() - started
+    return _finish(observers, result)
+
+
+def _result(spec: EpisodeSpec, env: "EnvAdapter | None", outcome: str, error: str | None, steps: int,
+            stats: ResponseStats, observation: dict | None) -> EpisodeResult:
+    record = dict(env_file=spec.env_file, test=spec.test, level=spec.level, seed=spec.seed, env=spec.env)
+    if env is None and outcome != ENV_ERROR:  # lost before the env was loaded: load it for the record
+        try:
+            env = make_env(spec)
+        except EnvLoadError as exc:  # a broken env file is the host's fault first
+            outcome, error = ENV_ERROR, str(exc)
+    if env is None:  # it could not even be loaded
+        return EpisodeResult(**record, outcome=outcome, normalized_return=None, percentage_complete=None, steps=0,
+                             cumulative_reward=None, duration_s=0.0, error=error, agent_response=stats.as_dict())
     totals = env.score_inputs()
     env.release()
-    result = EpisodeResult(
+    return EpisodeResult(
         **record, outcome=outcome, normalized_return=episode_score(outcome, totals, spec),
         percentage_complete=None if not totals.n_agents or totals.n_done is None
         else percentage_complete(totals.n_done, totals.n_agents),
         steps=steps, cumulative_reward=totals.cumulative_reward, duration_s=0.0,
         agent_response=stats.as_dict(), error=error, n_agents=totals.n_agents,
         max_episode_steps=totals.max_episode_steps, observation=observation)
-    if outcome == COMPLETED:
-        _say_goodbye(link, spec, result)
-    result.duration_s = time.perf_counter() - started
-    return _finish(observers, result)
 
 
-def _say_goodbye(link: AgentLink, spec: EpisodeSpec, result: EpisodeResult) -> None:
-    """Send ``episode_end``; the score is already fixed, so a silent agent changes nothing."""
+def _reset(observers: Sequence[EpisodeObserver], env: "EnvAdapter") -> None:
+    for observer in observers:
+        observer.env_reset(env)
+
+
+def _say_goodbye(link: AgentLink, spec: EpisodeSpec, result: EpisodeResult, last: StepOutcome | None) -> None:
+    """Send ``episode_end`` (to a replica, with the last step's rewards and dones to check); the score
+    is already fixed, so a silent agent changes nothing."""
     try:
         link.request(wire.episode_end_request(
             episode_id=spec.episode_id, outcome=result.outcome, normalized_return=result.normalized_return,
-            percentage_complete=result.percentage_complete, steps=result.steps), spec.step_timeout_s)
+            percentage_complete=result.percentage_complete, steps=result.steps, reward=result.cumulative_reward,
+            rewards=last.rewards if last else None, dones=last.dones if last else None), spec.step_timeout_s)
     except AgentFault:
         pass
 

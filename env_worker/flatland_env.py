@@ -136,6 +136,7 @@ class FlatlandEnv:
         self.seed = seed
         self.allowed = tuple(allowed_builders)
         self._spec: dict = {"builder": "none"}
+        self._replica = False  # the agent builds its own observations and info
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -156,6 +157,13 @@ class FlatlandEnv:
         self.env.obs_builder = _builder(spec)  # RailEnv.reset() attaches it to the env
         self._spec = spec
         return spec
+
+    def serve_replica(self) -> dict:
+        """The agent builds its own observations (whatever the challenge allows us to build)."""
+        self._replica = True
+        self._spec = normalize_observation(None)
+        self.env.obs_builder = _builder(self._spec)
+        return self._spec
 
     def _wire_observations(self, obs: Mapping[int, Any]) -> Any:
         kind = self._spec["builder"]
@@ -235,7 +243,7 @@ class FlatlandEnv:
             observations=self._wire_observations(obs),
             rewards=reward_list,
             dones=[bool(dones[h]) for h in range(self.n_agents)],
-            info=self._wire_info(info),
+            info=None if self._replica else self._wire_info(info),
             done=bool(dones["__all__"]),
         )
 

@@ -38,7 +38,11 @@ PRESETS: dict[str, list[TestConfig]] = {
 }
 
 METADATA_COLUMNS = ["test_id", "env_id", "n_agents", "x_dim", "y_dim", "n_cities", "max_rail_pairs_in_city",
-                    "max_rails_between_cities", "malfunction_interval", "seed"]
+                    "max_rails_between_cities", "malfunction_interval", "seed", "grid_mode",
+                    "malfunction_duration_min", "malfunction_duration_max"]
+"""Every column flatland's ``flatland-trajectory-generate-from-metadata`` reads: it regenerates each env
+from its row with `env_generator`, exactly as `generate_test_set` made it."""
+MALFUNCTION_DURATION = (20, 50)  # env_generator's defaults, written down for that command
 
 
 def generate_test_set(
@@ -68,7 +72,8 @@ def generate_test_set(
                     n_agents=config.n_agents, x_dim=config.x_dim, y_dim=config.y_dim, n_cities=config.n_cities,
                     max_rail_pairs_in_city=config.max_rail_pairs_in_city,
                     max_rails_between_cities=config.max_rails_between_cities,
-                    malfunction_interval=config.malfunction_interval, seed=level_seed,
+                    malfunction_interval=config.malfunction_interval, seed=level_seed, grid_mode=False,
+                    malfunction_duration_min=MALFUNCTION_DURATION[0], malfunction_duration_max=MALFUNCTION_DURATION[1],
                     obs_builder_object=_dummy_builder(),
                 )
                 path = out / f"Test_{test_id}" / f"Level_{level}.pkl"
@@ -77,7 +82,7 @@ def generate_test_set(
             written.append(path)
             rows.append([f"Test_{test_id}", f"Level_{level}", config.n_agents, config.x_dim, config.y_dim,
                          config.n_cities, config.max_rail_pairs_in_city, config.max_rails_between_cities,
-                         config.malfunction_interval, level_seed])
+                         config.malfunction_interval, level_seed, False, *MALFUNCTION_DURATION])
             if progress:
                 progress(str(path.relative_to(out)))
     with open(out / "metadata.csv", "w", newline="") as fh:

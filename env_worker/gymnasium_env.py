@@ -98,6 +98,9 @@ class GymnasiumEnv:
                                         "env sends its own observation")
         return None
 
+    def serve_replica(self) -> dict:
+        raise ObservationNotAllowed("replica mode is for Flatland envs only")
+
     def reset(self) -> tuple[Any, dict]:
         try:
             obs, info = self.env.reset(seed=self.seed)

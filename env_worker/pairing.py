@@ -1,8 +1,9 @@
 """The agent an env worker is paired with: its link, and its process when the worker owns it.
 
 Under `flateval worker --agent-command CMD` the worker owns its agent: it starts it, and restarts it
-after any episode the agent lost (timeout, crash, error), so one hang costs one episode. Under a
-stock `rq worker` the agent is found at ``$FLATEVAL_AGENT_ENDPOINT`` and is someone else's to run
+when it is dead or hung, so one hang costs one episode. An agent that only lost an episode (a slow
+step, an invalid action) keeps its process and its loaded state, as Flatland's rules promise. Under
+a stock `rq worker` the agent is found at ``$FLATEVAL_AGENT_ENDPOINT`` and is someone else's to run
 (on Kubernetes, the sidecar container).
 """
 
@@ -42,9 +43,16 @@ class PairedAgent:
             self._link = AgentLink(self.endpoint, curve_server_key=self.curve_server_key)
         return self._link
 
-    def after_episode(self, result: EpisodeResult) -> None:
-        """Restart an agent that lost its episode, so the next episode starts from a clean agent."""
-        if self.process is not None and result.outcome in LOST_BY_AGENT:
+    def after_episode(self, result: EpisodeResult, step_timeout_s: float) -> None:
+        """After an episode the agent lost, tell it at once; its answer doubles as a ping. Restart it
+        (when it is ours) only if it is dead or did not answer within one step deadline: a hang then
+        costs one episode and a restart, never two episodes."""
+        if result.outcome not in LOST_BY_AGENT:
+            return
+        answered = self.link.deliver_notice(step_timeout_s)
+        if self.process is not None and not (answered and self.process.alive()):
+            self.link.drop_notice()  # the new process never saw that episode
+            self.link.reset()
             self.process.restart(self.startup_timeout_s)
 
     def output_tail(self) -> str | None:

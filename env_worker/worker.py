@@ -141,14 +141,17 @@ def run_worker(
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
     context = WorkerContext.for_agent(PairedAgent(endpoint, process, name=name, startup_timeout_s=startup_timeout_s,
                                                   curve_server_key=curve_server_key))
-    warm_up()
-    import_module(JOB_FUNCTION.rpartition(".")[0])  # the job's imports, before the first episode
-    gc.collect()
-    gc.freeze()  # what start-up made lives as long as the worker: full collections need not scan it
     try:
         try:
+            if process:  # launched first: its start-up (imports, models) overlaps ours
+                process.start(startup_timeout_s, handshake=False)
+            warm_up()
+            import_module(JOB_FUNCTION.rpartition(".")[0])  # the job's imports, before the first episode
+            gc.collect()
+            gc.freeze()  # what start-up made lives as long as the worker: full collections need not scan it
             if process:
-                process.start(startup_timeout_s)
+                process.wait_ready(startup_timeout_s)
+                process.mark_ready()
             else:  # someone else's agent (a sidecar): take no episode before it answers
                 wait_for_handshake(endpoint, startup_timeout_s, curve_server_key)
         except AgentStartError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,10 +84,15 @@ def main() -> None:
 @click.option("--seed", type=int, help=f"Env reset seed (default: Flatland {cfg.DEFAULT_ENV_SEED}, "
                                        f"gymnasium {cfg.DEFAULT_GYMNASIUM_SEED}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result record as one JSON object.")
+@click.option("--connect-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds for the agent to answer the handshake before the episode starts.")
 def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_timeout: float, seed: int | None,
-            as_json: bool) -> None:
-    """Run one episode against an agent that is already running, and print its result."""
+            as_json: bool, connect_timeout: float) -> None:
+    """Run one episode against an agent that is already running, and print its result. Exits 1
+    unless the episode completed."""
+    from core.outcomes import COMPLETED
     from env_worker.agent_link import AgentLink
+    from env_worker.agent_process import AgentStartError, wait_for_handshake
     from env_worker.episode import run_episode
 
     if env_path.startswith(f"{cfg.GYMNASIUM}:"):
@@ -94,18 +100,25 @@ def episode(env_path: str, agent_endpoint: str, step_timeout: float, planning_ti
     else:
         spec = _flatland_episode(Path(env_path), cfg.DEFAULT_ENV_SEED if seed is None else seed, planning_timeout,
                                  step_timeout)
+    try:
+        wait_for_handshake(agent_endpoint, connect_timeout, last_output=lambda: ": is it running?")
+    except AgentStartError as exc:
+        raise CliError(str(exc)) from None
     link = AgentLink(agent_endpoint)
     try:
         result = run_episode(spec, link)
+        link.deliver_notice(step_timeout)  # a lost episode: the agent (which lives on) learns it now
     finally:
         link.close()
     if as_json:
         click.echo(json.dumps(result.as_dict()))
-        return
-    click.echo(f"{result.env_file}: {result.outcome}  normalized return {result.normalized_return}  "
-               f"complete {result.percentage_complete}  steps {result.steps}  {result.duration_s:.2f} s")
-    if result.error:
-        click.echo(f"error: {result.error}")
+    else:
+        click.echo(f"{result.env_file}: {result.outcome}  normalized return {result.normalized_return}  "
+                   f"complete {result.percentage_complete}  steps {result.steps}  {result.duration_s:.2f} s")
+        if result.error:
+            click.echo(f"error: {result.error}")
+    if result.outcome != COMPLETED:
+        sys.exit(1)
 
 
 def _flatland_episode(path: Path, seed: int, planning_timeout: float, step_timeout: float) -> EpisodeSpec:
@@ -117,7 +130,7 @@ def _flatland_episode(path: Path, seed: int, planning_timeout: float, step_timeo
     test, level = parse_env_file(env_file) or (None, None)
     return EpisodeSpec(env_path=str(path.resolve()), env_file=env_file, test=test, level=level,
                        episode_id=LOCAL_EPISODE_ID, seed=seed, planning_timeout_s=planning_timeout,
-                       step_timeout_s=step_timeout)
+                       step_timeout_s=step_timeout, share_env_files=True)  # your own env file: a replica may have it
 
 
 def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step_timeout: float) -> EpisodeSpec:

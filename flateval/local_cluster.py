@@ -30,6 +30,7 @@ from broker.exporter import MULTIPROC_ENV, metrics_registry, serve_metrics
 from broker.plan import SubmissionPlan
 from broker.results import results_document
 from core.settings import RunSettings
+from env_worker.agent_process import agent_output_tail
 
 POLL_S = 0.1
 REAP_EVERY_S = 1.0
@@ -47,6 +48,8 @@ class _Pair:
     process: subprocess.Popen
     log: Path
     agent_pidfile: Path
+    name: str  # the worker's name: its agent's log is kept under it
+    agent_log: Path
     generation: int = 0
 
 
@@ -66,12 +69,20 @@ class LocalCluster:
         path.mkdir(exist_ok=True)
         return path
 
-    def stop(self) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.shutdown()
+    def stop_pairs(self) -> None:
+        """Stop every worker, which stops its agent: SIGTERM to all at once, then each by its pid.
+        An agent that waits for its next episode learns the evaluation is over, and may say its last."""
+        for pair in self.pairs:
+            if pair.process.poll() is None:
+                pair.process.send_signal(signal.SIGTERM)
         for pair in self.pairs:
             _terminate(pair.process)
             _kill_agent_group(pair.agent_pidfile)
+
+    def stop(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        self.stop_pairs()
         if self.redis_server:
             self.redis_server.stop()
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -117,14 +128,16 @@ def _spawn_pair(cluster: LocalCluster, settings: RunSettings, redis_url: str, qu
     tag = f"pair-{index}" + (f"-r{generation}" if generation else "")
     log = cluster.run_dir / f"{tag}.worker.log"
     pidfile = cluster.run_dir / f"{tag}.agent.pid"
+    agent_log = cluster.run_dir / f"pair-{index}.agent.log"
+    name = f"{tag}-{queue}"
     args = [sys.executable, "-m", "flateval", "worker", "--redis", redis_url, "--queue", queue,
-            "--agent-command", settings.agent_command, "--agent-log", str(cluster.run_dir / f"pair-{index}.agent.log"),
-            "--agent-pidfile", str(pidfile), "--name", f"{tag}-{queue}",
+            "--agent-command", settings.agent_command, "--agent-log", str(agent_log),
+            "--agent-pidfile", str(pidfile), "--name", name,
             "--startup-timeout", str(settings.agent_startup_timeout_s)] + (["--curve"] if settings.curve else [])
     env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir), **agent_spin_env(settings.workers)}
     with open(log, "wb") as out:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-    return _Pair(index, process, log, pidfile, generation)
+    return _Pair(index, process, log, pidfile, name, agent_log, generation)
 
 
 def agent_spin_env(workers: int) -> dict[str, str]:
@@ -199,9 +212,20 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
             store.finalize(conn, sid, store.CANCELLED, "interrupted")
             submit.drop_queue(conn, sid)
             raise
+        cluster.stop_pairs()
+        _keep_agent_logs(conn, sid, cluster)
         return results_document(conn, sid)
     finally:
         cluster.stop()
+
+
+def _keep_agent_logs(conn: redis.Redis, sid: str, cluster: LocalCluster) -> None:
+    """The agents' last words (what a script prints after its last episode) into the results: the
+    workers kept each log's tail after every episode, this keeps it after the agent stopped."""
+    for pair in cluster.pairs:
+        tail = agent_output_tail(pair.agent_log)
+        if tail:
+            store.save_agent_log(conn, sid, pair.name, tail)
 
 
 def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,

@@ -26,8 +26,10 @@ def flateval(*args: str, timeout: float = 240, env: dict | None = None) -> subpr
 
 
 def leftover_processes(token: str) -> list[str]:
+    """Live processes mentioning `token` that this checkout started (every one runs from its venv:
+    another checkout's test run on the same machine is not ours to count)."""
     out = subprocess.run(["pgrep", "-af", token], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
+    return [line for line in out.splitlines() if "pgrep" not in line and sys.prefix in line]
 
 
 def check_against_direct(document: dict, test_set: Path) -> None:
