@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from scoring.percentile import percentile
+
 COMPLETED = "completed"
 TIMEOUT = "timeout"
 AGENT_ERROR = "agent_error"
@@ -51,8 +53,10 @@ class ResponseStats:
     total_s: float = 0.0
     max_s: float = 0.0
     planning_s: float = 0.0
+    samples: list[float] = field(default_factory=list, repr=False)  # step responses, for p50/p95
 
     def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
         self.count += 1
         self.total_s += seconds
         if seconds > self.max_s:
@@ -64,6 +68,8 @@ class ResponseStats:
             "mean_s": self.total_s / self.count if self.count else None,
             "max_s": self.max_s if self.count else None,
             "planning_s": self.planning_s,
+            "p50_s": percentile(self.samples, 50),
+            "p95_s": percentile(self.samples, 95),
         }
 
 
