@@ -160,10 +160,12 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 @click.option("--agent-startup-timeout", type=float, default=60.0, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve the whole local cluster's /metrics here.")
 @click.option("--curve", is_flag=True, help="Encrypt every worker-agent link with CurveZMQ (fresh keys per pair).")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+              help="Also write the submission's report here: one self-contained HTML page.")
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
         challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
         overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
-        agent_startup_timeout: float, metrics_port: int | None, curve: bool) -> None:
+        agent_startup_timeout: float, metrics_port: int | None, curve: bool, report_file: str | None) -> None:
     """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score."""
     from broker.plan import PlanError
     from broker.test_set import TestSetError
@@ -192,6 +194,8 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     if output:
         _write_json(document, output)
         click.echo(f"results written to {output}", err=True)
+    if report_file:
+        _write_report([document], [Path(output).resolve().parent if output else Path.cwd()], report_file)
 
 
 # --------------------------------------------------------------------------------------- worker
@@ -378,13 +382,9 @@ def export(results_file: str, fmt: str, output: str | None, split: str | None) -
     """Export a results JSON as flatland's results CSV or EvalAI's result list."""
     from scoring.export import ExportError, to_csv, to_evalai
 
+    document = _read_results_file(results_file)
     try:
-        document = json.loads(Path(results_file).read_text())
         text = to_csv(document) if fmt == "csv" else json.dumps(to_evalai(document, split), indent=2) + "\n"
-    except OSError as exc:
-        raise CliError(f"cannot read {results_file}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{results_file} is not JSON: {exc.msg} at line {exc.lineno}") from None
     except ExportError as exc:
         raise CliError(f"{results_file}: {exc}") from None
     if output:
@@ -433,6 +433,59 @@ def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, w
     except ValueError as exc:
         raise CliError(str(exc)) from None
     click.echo(k8s.to_yaml(objects), nl=False)
+
+
+def _read_results_file(results_file: str) -> Any:
+    try:
+        return json.loads(Path(results_file).read_text())
+    except OSError as exc:
+        raise CliError(f"cannot read {results_file}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f": {exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise CliError(f"{results_file} is not JSON{where}") from None
+
+
+@main.command("report")
+@click.argument("sources", nargs=-1, required=True, metavar="RESULTS.json|SUBMISSION_ID...")
+@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL, to report on submission ids.")
+@click.option("--output", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+def report_command(sources: tuple[str, ...], redis_url: str | None, output: str) -> None:
+    """Write one self-contained HTML page about a submission: score, episode grid, plots, details,
+    agent logs. Several results files or ids: a leaderboard comparing them, then each one's report."""
+    from broker.results import results_document
+    from report import ReportError, check_document
+
+    documents, folders, conn = [], [], None
+    for source in sources:
+        if Path(source).exists() or source.endswith(".json") or "/" in source or os.sep in source:
+            document, folder = _read_results_file(source), Path(source).resolve().parent
+        else:
+            if conn is None:
+                if not (redis_url or os.environ.get(cfg.REDIS_URL_ENV)):
+                    raise CliError(f"{source} is not a file; for a submission id give --redis URL or set "
+                                   f"{cfg.REDIS_URL_ENV}")
+                conn = _conn(redis_url)
+            try:
+                document, folder = results_document(conn, source), Path.cwd()
+            except KeyError:
+                raise CliError(f"no submission {source}") from None
+        try:
+            check_document(document)
+        except ReportError as exc:
+            raise CliError(f"{source}: {exc}") from None
+        documents.append(document)
+        folders.append(folder)
+    _write_report(documents, folders, output)
+
+
+def _write_report(documents: list[dict[str, Any]], folders: list[Path], output: str) -> None:
+    from report import ReportError, write_report
+
+    try:
+        write_report(documents, folders, Path(output))
+    except ReportError as exc:
+        raise CliError(str(exc)) from None
+    click.echo(f"report written to {output}", err=True)
 
 
 # --------------------------------------------------------------------------------------- test sets

@@ -7,6 +7,7 @@ from typing import Any
 
 from core.episode_spec import EpisodeSpec
 from core.outcomes import COMPLETED, ENV_ERROR, STOPPED
+from scoring.percentile import percentile
 
 FAILED_EPISODE_RETURN = -1.0
 """Normalized return (Round-1 scale) of an episode whose agent missed a deadline or misbehaved."""
@@ -74,8 +75,10 @@ class ResponseStats:
     total_s: float = 0.0
     max_s: float = 0.0
     planning_s: float = 0.0
+    samples: list[float] = field(default_factory=list, repr=False)  # step responses, for p50/p95
 
     def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
         self.count += 1
         self.total_s += seconds
         if seconds > self.max_s:
@@ -87,6 +90,8 @@ class ResponseStats:
             "mean_s": self.total_s / self.count if self.count else None,
             "max_s": self.max_s if self.count else None,
             "planning_s": self.planning_s,
+            "p50_s": percentile(self.samples, 50),
+            "p95_s": percentile(self.samples, 95),
         }
 
 

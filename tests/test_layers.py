@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS = [  # top first; packages on one floor may not import each other
     ("flateval",),
     ("env_worker",),
-    ("broker",),
+    ("broker", "report"),
     ("scoring",),
     ("core", "agent_bridge"),
 ]

@@ -18,6 +18,7 @@ COPY env_worker ./env_worker
 COPY agent_bridge ./agent_bridge
 COPY scoring ./scoring
 COPY core ./core
+COPY report ./report
 # --no-deps: the exporter imports none of flatland-rl, numpy, pyzmq (checked by a smoke run, docs/deploy.md).
 RUN /opt/flateval/bin/pip install --no-cache-dir --no-deps . \
     && rm -rf /opt/flateval/lib/python3.11/site-packages/flateval/data \

@@ -20,6 +20,7 @@ COPY env_worker ./env_worker
 COPY agent_bridge ./agent_bridge
 COPY scoring ./scoring
 COPY core ./core
+COPY report ./report
 RUN /opt/flateval/bin/pip install --no-cache-dir --no-deps . \
     && find /opt/flateval -name '__pycache__' -type d -prune -exec rm -rf {} +
 
