@@ -177,12 +177,15 @@ def hello_request() -> dict:
 def episode_start_request(*, episode_id: str, env_file: str, seed: int, env: Mapping[str, Any],
                           observation: Mapping[str, Any] | None, planning_s: float, step_s: float,
                           observations: Any, info: Mapping[str, Any] | None,
-                          replica: Mapping[str, Any] | None = None) -> dict:
+                          replica: Mapping[str, Any] | None = None, time_bank_s: float | None = None) -> dict:
     """The first request of an episode: the env's static facts, the deadlines, the first observations;
     in replica mode (section 15 of docs/protocol.md) what the agent's own copy of the env needs instead."""
+    deadlines = {"planning_s": planning_s, "step_s": step_s}
+    if time_bank_s is not None:
+        deadlines["time_bank_s"] = time_bank_s
     message = {"type": EPISODE_START, "episode_id": episode_id, "env_file": env_file, "seed": seed, "env": env,
-               "observation": observation, "step": 0, "deadlines": {"planning_s": planning_s, "step_s": step_s},
-               "observations": observations, "info": info}
+               "observation": observation, "step": 0, "deadlines": deadlines, "observations": observations,
+               "info": info}
     if replica is not None:
         message["replica"] = replica
     return message

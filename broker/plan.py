@@ -78,7 +78,7 @@ def make_plan(
     scoring = phase.scoring
     template = EpisodeSpec(
         env_path="", env_file="", env=env, seed=seed, planning_timeout_s=limits.planning_s,
-        step_timeout_s=limits.step_s, score_offset=scoring.offset, normalization=scoring.normalization,
+        step_timeout_s=limits.step_s, time_bank_s=limits.time_bank_s, score_offset=scoring.offset, normalization=scoring.normalization,
         reference_return=scoring.reference_return, failed_return=scoring.failed_return,
         rewards=scoring.rewards, observation_builders=phase.observation_builders,
         share_env_files=phase.share_env_files,

@@ -43,6 +43,7 @@ class TimeLimits:
     planning_s: float = DEFAULT_PLANNING_TIMEOUT_S
     step_s: float = DEFAULT_STEP_TIMEOUT_S
     overall_s: float = DEFAULT_OVERALL_TIMEOUT_S
+    time_bank_s: float | None = None  # per episode: seconds steps may draw on past step_s (Kaggle's overage)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def _section(kind: type, raw: Any, where: str, base: Any, environment: str) -> A
         at = f"{where}.{key}"
         _only_for(f"{section}.{key}", at, environment)
         if kind is TimeLimits:
-            values[key] = _number(value, at, positive=True)
+            values[key] = _number(value, at, positive=True, nullable=key == "time_bank_s")
         elif kind is Scoring:
             if key == "offset":
                 values[key] = _number(value, at)

@@ -45,6 +45,7 @@ class EpisodeSpec:
     seed: int = DEFAULT_ENV_SEED
     planning_timeout_s: float = DEFAULT_PLANNING_TIMEOUT_S
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+    time_bank_s: float | None = None  # seconds this episode's steps may draw on past step_timeout_s
     score_offset: float = 0.0
     normalization: str = "seed"  # or "flatland": per-agent returns capped at -max steps first; or "return"
     reference_return: float | None = None  # "return": the score is return / reference_return

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from agent_bridge import protocol as wire
 from core.episode_spec import EpisodeSpec
 from core.outcomes import AGENT_ERROR, COMPLETED, ENV_ERROR, STOPPED
-from env_worker.agent_link import AgentFault, AgentLink, PendingReply
+from env_worker.agent_link import AgentFault, AgentLink, AgentTimeout, PendingReply
 from env_worker.env_adapter import EnvAdapter, EnvLoadError, ObservationNotAllowed, StepOutcome
 from env_worker.env_factory import make_env
 from env_worker.observers import EpisodeObserver
@@ -33,7 +33,7 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
     once with outcome ``stopped``, which no submission ever scores.
     """
     started = time.perf_counter()
-    stats = ResponseStats()
+    stats = ResponseStats(time_bank_left_s=spec.time_bank_s)
     for observer in observers:
         observer.episode_started(spec)
     env: EnvAdapter | None = None
@@ -57,7 +57,7 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
             pending = link.send(wire.episode_start_request(
                 episode_id=spec.episode_id, env_file=spec.env_file, seed=spec.seed, env=env.facts(),
                 observation=observation, planning_s=spec.planning_timeout_s, step_s=spec.step_timeout_s,
-                observations=obs, info=info), budget - took)
+                observations=obs, info=info, time_bank_s=spec.time_bank_s), budget - took)
         reply, took2 = link.receive(pending)
         pending = None
         stats.planning_s = took + took2
@@ -74,8 +74,8 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
                 break
             if stop is not None and (reason := stop()):
                 raise EpisodeStopped(reason)
-            reply, took = link.request(wire.step_request(steps, out.observations, out.rewards, out.dones, out.info),
-                                       spec.step_timeout_s)
+            reply, took = _step(link, wire.step_request(steps, out.observations, out.rewards, out.dones, out.info),
+                                spec.step_timeout_s, stats)
             stats.add(took)
             _replied(observers, took, "step")
     except AgentFault as exc:
@@ -98,6 +98,22 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
         link.notify_aborted(spec.episode_id, error, result.normalized_return)
     result.duration_s = time.perf_counter() - started
     return _finish(observers, result)
+
+
+def _step(link: AgentLink, request: dict, step_s: float, stats: ResponseStats) -> tuple[dict, float]:
+    """One step's request, with the step deadline plus what is left of the episode's time bank (if
+    the challenge gives one); a reply past the step deadline draws the overage from the bank."""
+    bank = stats.time_bank_left_s
+    try:
+        reply, took = link.request(request, step_s + (bank or 0.0))
+    except AgentTimeout as exc:
+        if bank is None:
+            raise
+        raise AgentTimeout(f"{exc}: the step deadline ({step_s:g} s) plus the {bank:.3f} s left in the time "
+                           f"bank") from None
+    if bank is not None:
+        stats.time_bank_left_s = max(0.0, bank - max(0.0, took - step_s))
+    return reply, took
 
 
 def _result(spec: EpisodeSpec, env: "EnvAdapter | None", outcome: str, error: str | None, steps: int,

@@ -75,6 +75,7 @@ class ResponseStats:
     total_s: float = 0.0
     max_s: float = 0.0
     planning_s: float = 0.0
+    time_bank_left_s: float | None = None  # None: the episode had no time bank
     samples: list[float] = field(default_factory=list, repr=False)  # step responses, for p50/p95
 
     def add(self, seconds: float) -> None:
@@ -92,6 +93,7 @@ class ResponseStats:
             "planning_s": self.planning_s,
             "p50_s": percentile(self.samples, 50),
             "p95_s": percentile(self.samples, 95),
+            "time_bank_left_s": self.time_bank_left_s,
         }
 
 

@@ -46,7 +46,7 @@ def test_bundled_neurips2020_has_the_seed_rules():
 
 @pytest.mark.parametrize("data,message", [
     ({"name": "x", "phases": {"a": {"time_limits": {"planing_s": 3}}}},
-     "phases.a.time_limits.planing_s: unknown key (known: planning_s, step_s, overall_s)"),
+     "phases.a.time_limits.planing_s: unknown key (known: planning_s, step_s, overall_s, time_bank_s)"),
     ({"name": "x", "phases": {"a": {"scoring": {"offset": "one"}}}},
      "phases.a.scoring.offset: expected a number, got 'one'"),
     ({"name": "x", "phases": {"a": {"time_limits": {"step_s": -1}}}},
@@ -216,3 +216,16 @@ def test_exports_parse(small_test_set, tmp_path):
     bad.write_text("{not json")
     done = flateval("export", str(bad), "--format", "csv")
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_time_bank_is_a_challenge_key_off_in_neurips2020():
+    from broker.plan import make_plan
+
+    assert load_challenge("neurips2020").phase("round1").time_limits.time_bank_s is None
+    rules = parse_challenge({"name": "kaggle-like", "defaults": {"time_limits": {"step_s": 1, "time_bank_s": 60}},
+                             "phases": {"main": {}}})
+    phase = rules.phase(None)
+    assert phase.time_limits.time_bank_s == 60.0
+    assert make_plan([], phase).template.time_bank_s == 60.0
+    with pytest.raises(ChallengeError, match="time_limits.time_bank_s: must be greater than 0, got -1"):
+        parse_challenge({"name": "x", "phases": {"main": {"time_limits": {"time_bank_s": -1}}}})

@@ -13,6 +13,7 @@ from agent_bridge import protocol as wire
 from env_worker.agent_process import AgentProcess
 from env_worker.agent_link import AgentLink, AgentTimeout
 from env_worker.episode import run_episode
+from env_worker.observers import EpisodeObserver
 from core.episode_spec import EpisodeSpec
 
 FIRST_ENV = "Test_0/Level_0.pkl"
@@ -255,3 +256,57 @@ def test_observation_builder_not_allowed_is_an_agent_error(small_test_set, start
     agent = start_agent(script=RAISE_ONCE)
     result = run_episode(spec_for(small_test_set, observation_builders=("none", "tree")), AgentLink(agent.endpoint))
     assert result.outcome == "agent_error" and "'global' is not allowed" in result.error
+
+
+SLOW_STEPS = """
+import time
+from agent_bridge import serve
+class SlowSteps:
+    def reset(self, info): pass
+    def act(self, obs, info):
+        step = info.get("step", 0)
+        if step == {hang_at}:
+            time.sleep(3600)
+        if 1 <= step <= {slow_steps}:
+            time.sleep({slow_s})
+        return {{}}
+serve(SlowSteps())
+"""
+
+
+@pytest.mark.parametrize("bank_s, outcome", [(0.8, "completed"), (0.5, "timeout")])
+def test_time_bank_pays_for_slow_steps_until_it_is_spent(bank_s, outcome, small_test_set, start_agent):
+    """Steps 1-3 take 0.3 s against a 0.1 s deadline: 0.2 s (and a little) each from the bank."""
+    agent = start_agent(script=SLOW_STEPS.format(hang_at=-1, slow_steps=3, slow_s=0.3))
+    link = AgentLink(agent.endpoint)
+    result = run_episode(spec_for(small_test_set, step_timeout_s=0.1, time_bank_s=bank_s), link)
+    link.close()
+    assert result.outcome == outcome
+    left = result.agent_response["time_bank_left_s"]
+    if outcome == "completed":
+        assert 0.0 < left < bank_s - 3 * 0.2
+    else:  # the third slow step found under 0.1 s in the bank: cut at 0.1 s plus that
+        assert result.steps == 3 and left < 0.1
+        assert result.error.startswith("no reply to 'step' within 0.1") and "left in the time bank (step 3)" in result.error
+
+
+def test_a_hang_with_a_time_bank_is_cut_at_the_deadline_plus_the_bank(small_test_set, start_agent):
+    """To the millisecond, like every deadline: cut when the step deadline and the bank are spent."""
+    class Clock(EpisodeObserver):
+        replied = ended = 0.0
+
+        def agent_replied(self, seconds: float, phase: str) -> None:
+            self.replied = time.perf_counter()
+
+        def episode_ended(self, result) -> None:
+            self.ended = time.perf_counter()
+
+    agent = start_agent(script=SLOW_STEPS.format(hang_at=2, slow_steps=0, slow_s=0))
+    link = AgentLink(agent.endpoint)
+    clock = Clock()
+    result = run_episode(spec_for(small_test_set, step_timeout_s=0.1, time_bank_s=0.4), link, [clock])
+    link.close()
+    assert result.outcome == "timeout" and result.steps == 2
+    assert result.error.startswith("no reply to 'step' within 0.5 s: the step deadline (0.1 s) plus the 0.400 s")
+    waited = clock.ended - clock.replied  # from the last reply: the env step and the request, then the cut
+    assert 0.5 <= waited < 0.55, waited
