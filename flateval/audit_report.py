@@ -34,12 +34,13 @@ def print_verdicts(verdicts: Sequence[Verdict]) -> None:
     table = Table(title=f"flateval verify: {sum(v.status == 'verified' for v in verdicts)}/{len(verdicts)} verified")
     for column, justify in (("episode", "left"), ("steps", "right"), ("arrived", "right"),
                             ("trajectory reward", "right"), ("score", "right"), ("status", "left")):
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, no_wrap=True)
     for v in verdicts:
         status = v.status if not v.superseded_by_complete else f"{v.status} (re-run verified)"
         table.add_row(v.episode, _fmt(v.steps), _fmt(v.arrivals, percent=True), _fmt(v.trajectory_reward),
                       _fmt(v.score), status)
-    Console(width=max(100, Console().width)).print(table)
+    longest = max((len(v.episode) for v in verdicts), default=0)
+    Console(width=max(Console().width, longest + 90)).print(table)  # never cut an episode's name
 
 
 def failure_lines(verdicts: Sequence[Verdict]) -> list[str]:

@@ -465,10 +465,13 @@ def render(directory: str, selection: tuple[str, ...], fmt: str) -> None:
                                           "challenge's deadlines).")
 @click.option("--test-set-claim", help="PVC with the test set (default: flateval-test-set); '' if the worker "
                                      "image holds it at /test-set.")
+@click.option("--record-claim", help="PVC every episode is recorded into (default: flateval-recordings); '' to "
+                                   "record only what the submission asks for.")
 @click.option("--image-pull-secret", "image_pull_secrets", multiple=True)
 def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, worker_image: str | None,
                   challenge: str | None, phase: str | None, cpu: str | None, memory: str | None, max_replicas: int,
-                  grace_s: int | None, test_set_claim: str | None, image_pull_secrets: tuple[str, ...]) -> None:
+                  grace_s: int | None, test_set_claim: str | None, record_claim: str | None,
+                  image_pull_secrets: tuple[str, ...]) -> None:
     """Print one submission's Kubernetes objects (a KEDA ScaledJob): pipe into `kubectl apply -f -`."""
     from broker import k8s_manifests as k8s
     from core.challenge import ChallengeError, load_challenge
@@ -480,6 +483,8 @@ def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, w
     given = {"namespace": namespace, "worker_image": worker_image}
     if test_set_claim is not None:
         given["test_set_claim"] = test_set_claim or None
+    if record_claim is not None:
+        given["record_claim"] = record_claim or None
     try:
         objects = k8s.submission_manifests(
             submission_id, agent_image, cpu=cpu or f"{chosen.agent_resources.cpu:g}",
