@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from env_worker.env_adapter import StepOutcome
 
@@ -67,7 +67,3 @@ def read_episode(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         raise ValueError(f"{FILE} is not a complete {FORMAT} file")
     return rows[0], rows[1:-1]
 
-
-def actions_of(steps: list[dict[str, Any]]) -> Iterator[Any]:
-    for row in steps:
-        yield row["action"]

@@ -70,12 +70,12 @@ def commit(attempt: Path, manifest: dict[str, Any]) -> tuple[Path, str]:
         _fsync(attempt / rel)
     digest = digest_of(files)
     _write_json(attempt / MANIFEST, {"format": FORMAT, **manifest, "files": files, "digest": digest})
-    (attempt / ATTEMPT).unlink()
     final = attempt.parent.parent / manifest["ep_id"]
     if final.exists():
         final.rename(attempt.parent / f"{manifest['ep_id']}.superseded-{uuid.uuid4().hex[:12]}")
     attempt.rename(final)
     _fsync(final.parent)
+    (final / ATTEMPT).unlink()  # after the rename: a manifest outside .partial is what makes a recording complete
     try:
         attempt.parent.rmdir()  # no attempt left: no .partial folder
     except OSError:

@@ -422,8 +422,8 @@ def verify(target: str, workers: int) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--episodes", "selection", multiple=True, metavar="SELECTION",
-              help="Episodes to render: env files (Test_0/Level_1.pkl), without .pkl, or ep_ids (Test_0_Level_1), "
-                   "comma-separated or repeated (default: every recording under DIR).")
+              help="Episodes to render: env files (Test_0/Level_1.pkl), without .pkl, ep_ids (Test_0_Level_1) or "
+                   "<submission id>/<ep_id>, comma-separated or repeated (default: every recording under DIR).")
 @click.option("--format", "fmt", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True)
 def render(directory: str, selection: tuple[str, ...], fmt: str) -> None:
     """Render recorded episodes as videos (one frame for the start, one per step) into each recording's
@@ -435,8 +435,12 @@ def render(directory: str, selection: tuple[str, ...], fmt: str) -> None:
     if not Path(directory).is_dir():
         raise CliError(f"{directory} does not exist")
     chosen = tuple(e.strip() for item in selection for e in item.split(",") if e.strip()) or ("all",)
-    found = [f for f in find_episodes(Path(directory)) if f.state == COMPLETE and selects_episode(chosen, f.ep_id)]
-    unknown = [e for e in chosen if not any(selects_episode((e,), f.ep_id) for f in found)]
+
+    def names(entry: str, episode) -> bool:  # also <submission id>/<ep_id>, as `flateval verify` shows them
+        return selects_episode((entry,), episode.ep_id) or entry == f"{episode.submission}/{episode.ep_id}"
+
+    found = [f for f in find_episodes(Path(directory)) if f.state == COMPLETE and any(names(e, f) for e in chosen)]
+    unknown = [e for e in chosen if not any(names(e, f) for f in found)]
     if unknown or not found:
         raise CliError(f"no complete recording of {', '.join(unknown or chosen)} under {directory}")
     for episode in found:

@@ -265,6 +265,14 @@ def test_gymnasium_episodes_are_recorded_as_json_lines_and_verified(tmp_path):
     [line] = done.stderr.strip().splitlines()
     assert "mismatch: the replay differs from the recording at step 2: reward 1.0" in line
 
+    pytest.importorskip("pygame", reason="cannot render CartPole without pygame (pip install flateval[test])")
+    first = document["episodes"][0]
+    done = flateval("render", str(record), "--episodes", "CartPole-v1/seed_5")
+    assert done.returncode == 0, done.stderr
+    video = Path(first["trajectory"]) / "outputs" / "CartPole-v1_seed_5.mp4"
+    assert done.stdout.strip().endswith(f"{first['steps'] + 1} frames -> {video}")
+    assert frame_count(video) == first["steps"] + 1
+
 
 def test_recording_keys_are_validated_in_one_line(malfunction_test_set):
     base = {"name": "c", "phases": {"p": {}}}
@@ -285,3 +293,28 @@ def test_recording_keys_are_validated_in_one_line(malfunction_test_set):
         plan_submission(challenge=str(challenge), test_set=str(malfunction_test_set))
     plan = plan_submission(test_set=str(malfunction_test_set), record_dir="rel")
     assert plan.template.record_dir == str(Path("rel").resolve()) and plan.template.videos == ()
+
+
+def test_videos_are_padded_to_even_sizes_and_fall_back_to_a_gif_without_ffmpeg(tmp_path, monkeypatch):
+    import numpy as np
+
+    from env_worker import video as videos
+
+    frames = [np.full((7, 5, 4), 40 * i, dtype=np.uint8) for i in range(4)]  # odd sizes, RGBA as RenderTool's
+    if shutil.which("ffmpeg"):
+        made = videos.encode(iter(frames), tmp_path / "odd", "mp4")
+        assert made.path == tmp_path / "odd.mp4" and made.frames == 4 and made.note is None
+        probe = subprocess.run([shutil.which("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_frames",
+                                "-show_entries", "stream=width,height,nb_read_frames", "-of", "csv=p=0",
+                                str(made.path)], capture_output=True, text=True)
+        assert probe.stdout.strip() == "6,8,4"
+    monkeypatch.setattr(videos.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # imageio's ffmpeg absent too
+    made = videos.encode(iter(frames), tmp_path / "fallback", "mp4")
+    assert made.path == tmp_path / "fallback.gif" and made.frames == 4
+    assert made.note == f"{videos.FFMPEG_MISSING}: wrote a GIF instead ({made.path})"
+    from PIL import Image
+
+    with Image.open(made.path) as gif:
+        assert gif.n_frames == 4
+    assert not list(tmp_path.glob(".*partial*"))
