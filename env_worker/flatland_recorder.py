@@ -8,7 +8,11 @@ serialised state and asserts every position, reward, done and info against the r
 * every agent's action is recorded at every step, as the env applied it: a missing action is
   DO_NOTHING to the env but MOVE_FORWARD to a replay;
 * positions, rewards, dones and flatland's own infos are recorded after every step, and the
-  ``trains_arrived`` row only for an episode that ended (done), as flatland's PolicyRunner does.
+  ``trains_arrived`` row only for an episode that ended (done), as flatland's PolicyRunner does. Its
+  ``normalized_reward`` is on flatland's scale (+1) under the episode's normalization: ``seed``
+  gives flatland's evaluation service's Σr / (max steps × agents) + 1, ``flatland`` its
+  ``Rewards.normalize`` (each agent's return capped at -max steps first); so it is always the
+  result's normalized return - offset + 1 (`trajectory_normalized_reward`).
 
 Per step the recorder appends one tuple of references to a list (the env's fresh reward list, done
 list and info dict, the agents' positions): no file I/O and no per-agent dictionaries while the
@@ -22,9 +26,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from core.episode_spec import EpisodeSpec
 from env_worker.env_adapter import StepOutcome
+from scoring.episode import capped_normalized_return, normalized_return
 
 KIND = "flatland-trajectory"
+FLATLAND_SCALE = 1.0  # flatland adds 1 to every normalized reward
+
+
+def trajectory_normalized_reward(per_agent: "list[float] | tuple[float, ...]", max_episode_steps: int,
+                                 normalization: str) -> float:
+    """The ``trains_arrived`` normalized reward of an ended episode (see the module's docstring)."""
+    if normalization == "flatland":
+        return capped_normalized_return(list(per_agent), max_episode_steps, FLATLAND_SCALE)
+    return normalized_return(sum(per_agent), max_episode_steps, len(per_agent), FLATLAND_SCALE)
 
 
 class FlatlandRecorder:
@@ -32,9 +47,11 @@ class FlatlandRecorder:
 
     kind = KIND
 
-    def __init__(self, folder: Path, adapter: Any, ep_id: str) -> None:
+    def __init__(self, folder: Path, adapter: Any, spec: EpisodeSpec) -> None:
         from flatland.trajectories.trajectories import Trajectory
 
+        ep_id = spec.ep_id
+        self.normalization = spec.normalization
         self.adapter = adapter
         self.env = adapter.env  # held to the end: the adapter lets go of it before the episode's result
         with warnings.catch_warnings():
@@ -70,7 +87,7 @@ class FlatlandRecorder:
         arrivals = sum(1 for a in self.agents if a.state == TrainState.DONE) / n if n else 0.0
         normalized = None
         if self.done:
-            normalized = float(env.rewards.normalize(*per_agent, num_agents=n, max_episode_steps=env._max_episode_steps))
+            normalized = trajectory_normalized_reward(per_agent, env._max_episode_steps, self.normalization)
             trajectory.arrived_collect(env_time=env._elapsed_steps - 1, success_rate=arrivals,
                                        normalized_reward=normalized)
         with warnings.catch_warnings():

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core.episode_spec import EpisodeSpec
 from env_worker.env_adapter import StepOutcome
 
 KIND = "gymnasium-jsonl"
@@ -37,9 +38,9 @@ def _jsonable(value: Any) -> Any:
 class GymnasiumRecorder:
     kind = KIND
 
-    def __init__(self, folder: Path, adapter: Any, ep_id: str) -> None:
+    def __init__(self, folder: Path, adapter: Any, spec: EpisodeSpec) -> None:
         self.path = Path(folder) / FILE
-        self.header = {"format": FORMAT, "env_id": adapter.env_id, "seed": adapter.seed, "ep_id": ep_id}
+        self.header = {"format": FORMAT, "env_id": adapter.env_id, "seed": adapter.seed, "ep_id": spec.ep_id}
         self.rows: list[tuple] = []
         self.done = False
 

@@ -38,11 +38,11 @@ RESULT_FIELDS = ("outcome", "normalized_return", "percentage_complete", "steps",
                  "max_episode_steps", "error")
 
 
-def recorder_for(folder: Path, adapter: Any, ep_id: str) -> Any:
+def recorder_for(folder: Path, adapter: Any, spec: EpisodeSpec) -> Any:
     """The recorder of this env adapter's kind."""
     if hasattr(adapter, "env_id"):
-        return GymnasiumRecorder(folder, adapter, ep_id)
-    return FlatlandRecorder(folder, adapter, ep_id)
+        return GymnasiumRecorder(folder, adapter, spec)
+    return FlatlandRecorder(folder, adapter, spec)
 
 
 class RecordingObserver(EpisodeObserver):
@@ -69,7 +69,7 @@ class RecordingObserver(EpisodeObserver):
             return
         try:
             self._attempt = record_folder.begin_attempt(roots[0], spec.submission_id, spec.ep_id)
-            self._recorder = recorder_for(self._attempt, env, spec.ep_id)
+            self._recorder = recorder_for(self._attempt, env, spec)
         except Exception as exc:  # a full disk, a read-only mount: the episode goes on unrecorded
             log.warning("flateval: cannot record %s: %s: %s", spec.ep_id, type(exc).__name__, exc)
             self._recorder = None

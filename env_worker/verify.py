@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from core.episode_spec import EpisodeSpec, ep_id_of
 from core.outcomes import ENV_ERROR, STOPPED
 from env_worker import record_folder as rf
-from env_worker.flatland_recorder import KIND as FLATLAND_KIND
+from env_worker.flatland_recorder import KIND as FLATLAND_KIND, trajectory_normalized_reward
 from env_worker.gymnasium_recorder import KIND as GYMNASIUM_KIND, read_episode
 from scoring.episode import ScoreInputs, episode_score
 
@@ -212,7 +212,7 @@ def _untampered(folder: Path, claims: dict[str, Any] | None) -> dict[str, Any]:
         raise Mismatch("; ".join(parts) + " since it was recorded")
     digest = rf.digest_of(files)
     if digest != manifest.get("digest"):
-        raise Mismatch(f"the manifest's digest does not match its files")
+        raise Mismatch("the manifest's digest does not match its files")
     claimed = (claims or {}).get("trajectory_digest")
     if claimed and claimed != digest:
         raise Mismatch(f"the files differ from the ones the result recorded (digest {digest[:12]}, "
@@ -228,7 +228,7 @@ class Replayed:
     per_agent: tuple[float, ...]
     n_done: int | None  # None: no notion of arrival (gymnasium)
     max_episode_steps: int | None
-    trajectory_reward: float | None  # flatland's trains_arrived normalized reward (ended episodes), else the return
+    trajectory_reward: float | None  # trains_arrived's normalized reward (ended flatland episodes), or the return
 
 
 def _replay(folder: Path, manifest: dict[str, Any]) -> Replayed:
@@ -277,7 +277,8 @@ def _replay_flatland(folder: Path, manifest: dict[str, Any]) -> Replayed:
     trajectory_reward = None
     if done:
         arrived = trajectory.trains_arrived_lookup()
-        expected = float(env.rewards.normalize(*per_agent, num_agents=n, max_episode_steps=env._max_episode_steps))
+        expected = trajectory_normalized_reward(per_agent, env._max_episode_steps,
+                                                manifest["spec"].get("normalization", "seed"))
         trajectory_reward = float(arrived["normalized_reward"])
         if not _close(trajectory_reward, expected):
             raise Mismatch(f"trains_arrived says normalized reward {trajectory_reward}, the replayed rewards give "

@@ -318,3 +318,16 @@ def test_videos_are_padded_to_even_sizes_and_fall_back_to_a_gif_without_ffmpeg(t
     with Image.open(made.path) as gif:
         assert gif.n_frames == 4
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_trains_arrived_reward_follows_the_episodes_normalization():
+    """`seed` is flatland's evaluation service's formula, `flatland` its Rewards.normalize (capped):
+    both + 1, so the column is always the result's normalized return - offset + 1."""
+    from flatland.envs.rewards import DefaultRewards
+
+    from env_worker.flatland_recorder import trajectory_normalized_reward
+
+    per_agent = [-300.0, -10.0]  # the first agent's return is below -max steps: flatland caps it
+    assert trajectory_normalized_reward(per_agent, 100, "seed") == pytest.approx(-310 / 200 + 1)
+    assert trajectory_normalized_reward(per_agent, 100, "flatland") == pytest.approx(
+        DefaultRewards().normalize(*per_agent, num_agents=2, max_episode_steps=100))
