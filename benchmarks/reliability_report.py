@@ -1,6 +1,6 @@
 """Regenerate docs/reliability.md from the fault-injection suite.
 
-Runs tests/test_faults.py and the hostile-agent matrix of tests/test_episode.py with
+Runs tests/test_faults.py, tests/test_record_faults.py and the hostile-agent matrix of tests/test_episode.py with
 ``FLATEVAL_FAULT_REPORT`` set; every test records the fault it injected, what happened and the
 measured recovery time; this script renders them as one table.
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ["tests/test_faults.py", "tests/test_episode.py::test_misbehaving_agent_costs_only_its_episode"]
+SUITES = ["tests/test_faults.py", "tests/test_record_faults.py", "tests/test_episode.py::test_misbehaving_agent_costs_only_its_episode"]
 
 HEADER = """# Reliability report
 

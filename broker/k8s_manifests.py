@@ -37,6 +37,10 @@ TRIGGER_AUTH = "flateval-redis"
 """KEDA TriggerAuthentication (deploy/k8s/base/keda.yaml) reading that secret."""
 TEST_SET_CLAIM = "flateval-test-set"
 TEST_SET_DIR = "/test-set"
+RECORD_CLAIM = "flateval-recordings"
+"""PersistentVolumeClaim (ReadWriteMany) every evaluation pod records its episodes into (docs/audit.md)."""
+RECORD_DIR = "/recordings"
+WORKER_GID = 10001  # the worker image's group (deploy/docker/worker.Dockerfile): owns what it records
 AGENT_PORT = 8086
 METRICS_PORT = 9109
 
@@ -93,6 +97,7 @@ def submission_manifests(
     worker_cpu: str = "1",
     worker_memory: str = "2Gi",
     test_set_claim: str | None = TEST_SET_CLAIM,
+    record_claim: str | None = RECORD_CLAIM,
     image_pull_secrets: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The objects that evaluate one submission: a KEDA ScaledJob (the pod template inside it).
@@ -100,7 +105,9 @@ def submission_manifests(
     `cpu`/`memory` are the agent container's requests and limits (the challenge's agent resources);
     `worker_cpu`/`worker_memory` the env worker's. `test_set_claim` is a PersistentVolumeClaim holding
     the test set (mounted read-only at /test-set); None when the worker image carries the test set at
-    /test-set itself. `grace_s` is the pod's termination grace period: at least one episode (default:
+    /test-set itself. `record_claim` is a PersistentVolumeClaim every episode is recorded into (mounted
+    read-write at /recordings, ``FLATEVAL_RECORD_DIR``); None: record only what a submission asks for,
+    where it asks. `grace_s` is the pod's termination grace period: at least one episode (default:
     one worst-case episode under the default time limits, `episode_bound_s(TimeLimits())`).
     """
     grace_s = episode_bound_s(TimeLimits()) if grace_s is None else grace_s
@@ -126,6 +133,11 @@ def submission_manifests(
     if test_set_claim:
         worker_mounts.append({"name": "test-set", "mountPath": TEST_SET_DIR, "readOnly": True})
         volumes.append({"name": "test-set", "persistentVolumeClaim": {"claimName": test_set_claim, "readOnly": True}})
+    record_env = []
+    if record_claim:
+        worker_mounts.append({"name": "recordings", "mountPath": RECORD_DIR})
+        volumes.append({"name": "recordings", "persistentVolumeClaim": {"claimName": record_claim}})
+        record_env.append({"name": "FLATEVAL_RECORD_DIR", "value": RECORD_DIR})
     worker = {
         "name": "worker",
         "image": worker_image,
@@ -136,6 +148,7 @@ def submission_manifests(
             {"name": "FLATEVAL_AGENT_ENDPOINT", "value": endpoint},
             {"name": "FLATEVAL_METRICS_PORT", "value": str(METRICS_PORT)},
             {"name": "FLATEVAL_TEST_SET_DIR", "value": TEST_SET_DIR},
+            *record_env,
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": worker_cpu, "memory": worker_memory},
@@ -148,7 +161,9 @@ def submission_manifests(
         "terminationGracePeriodSeconds": grace_s,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # fsGroup: the recordings volume is writable by the worker's group
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+                            **({"fsGroup": WORKER_GID} if record_claim else {})},
         "initContainers": [agent],
         "containers": [worker],
         "volumes": volumes,

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Sequence
 
 from broker.test_set import EnvFile, discover
-from core.challenge import Challenge, Phase, load_challenge
-from core.episode_spec import EpisodeSpec, parse_env
+from core.challenge import Challenge, Phase, Recording, load_challenge
+from core.episode_spec import EpisodeSpec, parse_env, selects_episode
 from core.settings import DEFAULT_ENV_SEED, DEFAULT_GYMNASIUM_SEED, FLATLAND, GYMNASIUM
 
 
@@ -103,10 +103,14 @@ def plan_submission(
     step_timeout_s: float | None = None,
     overall_timeout_s: float | None = None,
     default_test_set: Path | None = None,
+    record_dir: str | None = None,
 ) -> SubmissionPlan:
     """What `flateval run`/`submit` evaluate, from their options: a Flatland test set (``--test-set``,
     else the challenge's, else `default_test_set`), or ``--env gymnasium:ENV_ID`` played ``--episodes``
     times (without ``--challenge``, under the bundled ``gymnasium`` challenge's rules).
+
+    ``record_dir`` (``--record DIR``) records every episode there, as the challenge's
+    ``recording.dir`` does (docs/audit.md).
 
     Raises `PlanError`, `ChallengeError` or `TestSetError`, each one line, before anything starts.
     Whether a gymnasium env can be made at all is the env workers' knowledge: the command line asks
@@ -123,16 +127,35 @@ def plan_submission(
         if not directory:
             raise PlanError("give --test-set (the challenge names none)")
         seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_ENV_SEED
-        return make_plan(test_set_episodes(discover(directory), seed), chosen, challenge=rules.name, seed=seed,
-                         test_set=str(Path(directory).resolve()), planning_timeout_s=planning_timeout_s,
-                         step_timeout_s=step_timeout_s, overall_timeout_s=overall_timeout_s)
+        return with_recording(make_plan(
+            test_set_episodes(discover(directory), seed), chosen, challenge=rules.name, seed=seed,
+            test_set=str(Path(directory).resolve()), planning_timeout_s=planning_timeout_s,
+            step_timeout_s=step_timeout_s, overall_timeout_s=overall_timeout_s), rules.recording, record_dir)
     seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_GYMNASIUM_SEED
     if seed < 0:
         raise PlanError(f"--seed: a gymnasium seed must be at least 0, got {seed}")
     chosen = replace(chosen, episodes=episodes or chosen.episodes)
-    return make_plan(gymnasium_episodes(env_id, chosen.episodes, seed), chosen, challenge=rules.name,
-                     env=f"{GYMNASIUM}:{env_id}", seed=seed, planning_timeout_s=planning_timeout_s,
-                     step_timeout_s=step_timeout_s, overall_timeout_s=overall_timeout_s)
+    return with_recording(make_plan(
+        gymnasium_episodes(env_id, chosen.episodes, seed), chosen, challenge=rules.name, env=f"{GYMNASIUM}:{env_id}",
+        seed=seed, planning_timeout_s=planning_timeout_s, step_timeout_s=step_timeout_s,
+        overall_timeout_s=overall_timeout_s), rules.recording, record_dir)
+
+
+def with_recording(plan: SubmissionPlan, recording: Recording, record_dir: str | None) -> SubmissionPlan:
+    """The plan with its episodes recorded under `record_dir` (else the challenge's ``recording.dir``), and
+    the challenge's video selection checked against its episodes."""
+    directory = record_dir or recording.dir
+    if recording.videos and not directory:
+        raise PlanError("recording.videos: videos are rendered from recorded episodes: give --record DIR "
+                        "(or the challenge's recording.dir)")
+    for entry in recording.videos:
+        if not any(selects_episode((entry,), e.env_file) for e in plan.episodes):
+            raise PlanError(f"recording.videos: {entry!r} names no episode of this submission "
+                            f"(e.g. {plan.episodes[0].env_file if plan.episodes else 'Test_0/Level_0.pkl'})")
+    if not directory:
+        return plan
+    return replace(plan, template=replace(plan.template, record_dir=str(Path(directory).resolve()),
+                                          videos=recording.videos, video_format=recording.video_format))
 
 
 def _env_id(env: str | None, rules: Challenge, test_set: str | None) -> str | None:

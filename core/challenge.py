@@ -69,6 +69,19 @@ class AgentResources:
     memory: str = "15Gi"
 
 
+VIDEO_FORMATS = ("mp4", "gif")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """The challenge's ``recording`` section (docs/audit.md): where every episode is recorded, and
+    which episodes are rendered as videos once they end (flatland's ``video_generation_envs``)."""
+
+    dir: str | None = None  # None: only with --record DIR
+    videos: tuple[str, ...] = ()  # env files (Test_0/Level_1.pkl), their ep_ids (Test_0_Level_1), or "all"
+    video_format: str = "mp4"
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -90,6 +103,7 @@ class Challenge:
     phases: dict[str, Phase]
     env_id: str | None = None  # gymnasium: what gymnasium.make is given
     seed: int | None = None  # None: flatland's 1001, gymnasium's 0
+    recording: Recording = field(default_factory=Recording)
     source: str = ""
 
     def phase(self, name: str | None) -> Phase:
@@ -217,6 +231,22 @@ def _phase(name: str, raw: Any, where: str, base: Phase, environment: str) -> Ph
     return phase
 
 
+def _recording(raw: Any, base_dir: Path | None) -> Recording:
+    raw = _mapping(raw if raw is not None else {}, "recording", tuple(f.name for f in fields(Recording)))
+    directory = raw.get("dir")
+    if directory is not None:
+        if not isinstance(directory, str) or not directory:
+            raise ChallengeError(f"recording.dir: expected a path, got {directory!r}")
+        directory = str((base_dir / directory).resolve()) if base_dir and not Path(directory).is_absolute() \
+            else directory
+    videos = raw.get("videos", [])
+    if not isinstance(videos, list) or not all(isinstance(v, str) and v for v in videos):
+        raise ChallengeError(f"recording.videos: expected a list of episodes (e.g. Test_0/Level_1.pkl) or [all], "
+                             f"got {videos!r}")
+    return Recording(dir=directory, videos=tuple(videos),
+                     video_format=_choice(raw.get("video_format", "mp4"), "recording.video_format", VIDEO_FORMATS))
+
+
 def parse_challenge(data: Any, source: str = "<challenge>", base_dir: Path | None = None) -> Challenge:
     try:
         return _parse(data, base_dir)
@@ -226,7 +256,7 @@ def parse_challenge(data: Any, source: str = "<challenge>", base_dir: Path | Non
 
 def _parse(data: Any, base_dir: Path | None) -> Challenge:
     data = _mapping(data, "", ("name", "environment", "test_set", "env_id", "seed", "default_phase", "defaults",
-                               "phases"))
+                               "phases", "recording"))
     for key in ("name", "phases"):
         if key not in data:
             raise ChallengeError(f"{key}: required")
@@ -259,7 +289,7 @@ def _parse(data: Any, base_dir: Path | None) -> Challenge:
     if default_phase not in phases:
         raise ChallengeError(f"default_phase: {default_phase!r} is not one of the phases ({', '.join(phases)})")
     return Challenge(name=name, environment=environment, test_set=test_set, default_phase=default_phase,
-                     phases=phases, env_id=env_id, seed=seed)
+                     phases=phases, env_id=env_id, seed=seed, recording=_recording(data.get("recording"), base_dir))
 
 
 def load_challenge(path_or_name: str | Path | None = None) -> Challenge:

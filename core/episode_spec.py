@@ -53,10 +53,19 @@ class EpisodeSpec:
     rewards: str = "DefaultRewards"
     observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS
     share_env_files: bool = False  # a replica agent may be sent the env file (docs/protocol.md section 15)
+    record_dir: str | None = None  # record the episode under record_dir/<submission>/<ep_id> (docs/audit.md)
+    videos: tuple[str, ...] = ()  # the episodes to render after they end (`selects_episode`)
+    video_format: str = "mp4"  # or "gif"
+
+    @property
+    def ep_id(self) -> str:
+        """The episode's id in its recording (flatland's Trajectory ``ep_id``): see `ep_id_of`."""
+        return ep_id_of(self.env_file)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["observation_builders"] = list(self.observation_builders)
+        data["videos"] = list(self.videos)
         return data
 
     @classmethod
@@ -66,6 +75,21 @@ class EpisodeSpec:
         if unknown:
             raise ValueError(f"unknown episode field(s): {', '.join(sorted(unknown))}")
         values = dict(data)
-        if "observation_builders" in values:
-            values["observation_builders"] = tuple(values["observation_builders"])
+        for key in ("observation_builders", "videos"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
+
+
+def ep_id_of(env_file: str) -> str:
+    """An episode's recording id, from its name in results: ``Test_0/Level_1.pkl`` -> ``Test_0_Level_1``
+    (flatland's own runners name episodes ``<test_id>_<env_id>``), ``CartPole-v1/seed_7`` ->
+    ``CartPole-v1_seed_7``. One folder name, unique within a submission."""
+    return env_file.removesuffix(".pkl").replace("/", "_").replace("\\", "_")
+
+
+def selects_episode(selection: "tuple[str, ...] | list[str]", env_file: str) -> bool:
+    """Whether a video selection names this episode: ``all``, or an entry naming it as its env file
+    (``Test_0/Level_1.pkl``), without the suffix (``Test_0/Level_1``) or as its ep_id (``Test_0_Level_1``)."""
+    own = ep_id_of(env_file)
+    return any(entry == "all" or ep_id_of(entry) == own for entry in selection)

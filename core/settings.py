@@ -23,6 +23,7 @@ AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
 AGENT_ENDPOINT_ENV = "FLATEVAL_AGENT_ENDPOINT"
 AGENT_CURVE_KEY_ENV = "FLATEVAL_AGENT_CURVE_KEY"  # the agent's CURVE public key (Z85): encrypt the link
 REDIS_URL_ENV = "FLATEVAL_REDIS_URL"
+RECORD_DIR_ENV = "FLATEVAL_RECORD_DIR"  # a worker's record dir (docs/audit.md)
 
 FLATLAND = "flatland"
 GYMNASIUM = "gymnasium"

@@ -9,6 +9,7 @@ it. Under a stock ``rq worker`` no context is current: the job builds one from t
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Iterator
 from env_worker.metrics import MetricsObserver
 from env_worker.observers import EpisodeObserver
 from env_worker.pairing import PairedAgent
+from core.settings import RECORD_DIR_ENV
+from env_worker.recording import RecordingObserver
 
 
 @dataclass
@@ -25,9 +28,11 @@ class WorkerContext:
     observers: list[EpisodeObserver] = field(default_factory=list)
 
     @classmethod
-    def for_agent(cls, agent: PairedAgent) -> "WorkerContext":
-        """The context of a worker paired with `agent`: its metrics observer included."""
-        return cls(agent, [MetricsObserver()])
+    def for_agent(cls, agent: PairedAgent, record_dir: str | None = None) -> "WorkerContext":
+        """The context of a worker paired with `agent`: its metrics observer and its recorder included
+        (which records what submissions ask for, and everything when the worker records itself:
+        `record_dir`, else ``$FLATEVAL_RECORD_DIR``)."""
+        return cls(agent, [MetricsObserver(), RecordingObserver(record_dir or os.environ.get(RECORD_DIR_ENV))])
 
     @classmethod
     def from_environment(cls) -> "WorkerContext":

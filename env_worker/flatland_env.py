@@ -234,6 +234,7 @@ class FlatlandEnv:
 
     def step(self, actions: dict[int, int]) -> StepOutcome:
         obs, rewards, dones, info = self.env.step(actions)
+        self.last_info = info  # flatland's own (per-agent dicts): what a trajectory records
         reward_list = [rewards[h] for h in range(self.n_agents)]
         self.cumulative_reward += sum(reward_list)
         per_agent = self.per_agent

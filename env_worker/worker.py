@@ -113,6 +113,7 @@ def run_worker(
     agent_slots: int | None = None,
     curve: bool = False,
     curve_server_key: str | None = None,
+    record_dir: str | None = None,
 ) -> None:
     """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped.
 
@@ -140,7 +141,7 @@ def run_worker(
     if not endpoint:
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
     context = WorkerContext.for_agent(PairedAgent(endpoint, process, name=name, startup_timeout_s=startup_timeout_s,
-                                                  curve_server_key=curve_server_key))
+                                                  curve_server_key=curve_server_key), record_dir=record_dir)
     try:
         try:
             if process:  # launched first: its start-up (imports, models) overlaps ours

@@ -63,6 +63,9 @@ def challenge_options(command):
         click.option("--seed", type=int, help=f"Env reset seed (default: the challenge's, else "
                                               f"{cfg.DEFAULT_ENV_SEED} for every Flatland env; gymnasium: episode i "
                                               f"gets seed + i, from {cfg.DEFAULT_GYMNASIUM_SEED})."),
+        click.option("--record", "record_dir", type=click.Path(file_okay=False), metavar="DIR",
+                     help="Record every episode under DIR/<submission id>/<ep_id> (flatland Trajectories; "
+                          "docs/audit.md). With submit: a folder every worker sees (a shared volume)."),
     ]):
         command = option(command)
     return command
@@ -165,7 +168,8 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
         challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
         overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
-        agent_startup_timeout: float, metrics_port: int | None, curve: bool, report_file: str | None) -> None:
+        record_dir: str | None, agent_startup_timeout: float, metrics_port: int | None, curve: bool,
+        report_file: str | None) -> None:
     """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score."""
     from broker.plan import PlanError
     from broker.test_set import TestSetError
@@ -183,7 +187,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     try:
         plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes, seed=seed,
                         planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
-                        overall_timeout_s=overall_timeout, default_test_set=BUNDLED_TEST_SET)
+                        overall_timeout_s=overall_timeout, default_test_set=BUNDLED_TEST_SET, record_dir=record_dir)
         with ProgressView() as view:
             document = run_local(settings, plan, on_progress=view.update)
     except (RunError, TestSetError, ChallengeError, PlanError) as exc:
@@ -194,6 +198,10 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     if output:
         _write_json(document, output)
         click.echo(f"results written to {output}", err=True)
+    if plan.template.record_dir:
+        from flateval.audit_report import save_recorded_results
+
+        click.echo(save_recorded_results(document, plan.template.record_dir), err=True)
     if report_file:
         _write_report([document], [Path(output).resolve().parent if output else Path.cwd()], report_file)
 
@@ -219,10 +227,13 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
 @click.option("--curve", is_flag=True, help="With --agent-command: encrypt the agent link (CurveZMQ, fresh keys).")
 @click.option("--agent-curve-key", envvar=cfg.AGENT_CURVE_KEY_ENV,
               help="The agent's CURVE public key (Z85): talk to it encrypted.")
+@click.option("--record", "record_dir", type=click.Path(file_okay=False), metavar="DIR", envvar=cfg.RECORD_DIR_ENV,
+              help="Record every episode this worker plays under DIR; also where it sees the record dir "
+                   "submissions name (a shared volume). Env: FLATEVAL_RECORD_DIR.")
 def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
            agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
            startup_timeout: float, metrics_port: int | None, agent_slots: int | None, curve: bool,
-           agent_curve_key: str | None) -> None:
+           agent_curve_key: str | None, record_dir: str | None) -> None:
     """Run an env worker paired with one agent (without --queue: every open submission's queue)."""
     queues = tuple(q for item in queues for q in item.split())
     if metrics_port:
@@ -234,7 +245,8 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
     try:
         run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
                    agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
-                   pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key)
+                   pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key,
+                   record_dir=str(Path(record_dir).resolve()) if record_dir else None)
     except WorkerStartError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
@@ -290,7 +302,7 @@ def exporter(redis_url: str | None, port: int, multiproc_dir: str | None) -> Non
 @challenge_options
 def submit(redis_url: str | None, test_set: str | None, name: str | None, challenge: str | None, phase: str | None,
            planning_timeout: float | None, step_timeout: float | None, overall_timeout: float | None,
-           env: str | None, episodes: int | None, seed: int | None) -> None:
+           env: str | None, episodes: int | None, seed: int | None, record_dir: str | None) -> None:
     """Enqueue a submission for remote workers; print its id."""
     from broker import submit as submitting
     from broker.plan import PlanError
@@ -301,7 +313,7 @@ def submit(redis_url: str | None, test_set: str | None, name: str | None, challe
     try:
         plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes,
                         seed=seed, planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
-                        overall_timeout_s=overall_timeout)
+                        overall_timeout_s=overall_timeout, record_dir=record_dir)
     except (TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
     conn = _conn(redis_url)
@@ -393,6 +405,68 @@ def export(results_file: str, fmt: str, output: str | None, split: str | None) -
         click.echo(text, nl=False)
 
 
+# --------------------------------------------------------------------------------------- audit
+@main.command()
+@click.argument("target", type=click.Path(exists=False))
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Verify this many episodes at once (processes).")
+def verify(target: str, workers: int) -> None:
+    """Re-play every recorded episode (DIR, or a RESULTS.json) and check it against its recording and its
+    score; exits non-zero with one line per episode that fails (docs/audit.md)."""
+    import sys
+
+    from env_worker.verify import VerifyError, targets_from, verify_all
+    from flateval.audit_report import failure_lines, print_verdicts
+
+    try:
+        targets = targets_from(Path(target))
+    except VerifyError as exc:
+        raise CliError(str(exc)) from None
+    if not targets:
+        raise CliError(f"no recorded episode under {target} (record with --record DIR)")
+    verdicts = verify_all(targets, workers)
+    print_verdicts(verdicts)
+    failed = failure_lines(verdicts)
+    for line in failed:
+        click.echo(f"flateval: {line}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--episodes", "selection", multiple=True, metavar="SELECTION",
+              help="Episodes to render: env files (Test_0/Level_1.pkl), without .pkl, ep_ids (Test_0_Level_1) or "
+                   "<submission id>/<ep_id>, comma-separated or repeated (default: every recording under DIR).")
+@click.option("--format", "fmt", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True)
+def render(directory: str, selection: tuple[str, ...], fmt: str) -> None:
+    """Render recorded episodes as videos (one frame for the start, one per step) into each recording's
+    outputs/ folder."""
+    from core.episode_spec import selects_episode
+    from env_worker.record_folder import COMPLETE, find_episodes
+    from env_worker.render import RenderError, render_episode
+
+    if not Path(directory).is_dir():
+        raise CliError(f"{directory} does not exist")
+    chosen = tuple(e.strip() for item in selection for e in item.split(",") if e.strip()) or ("all",)
+
+    def names(entry: str, episode) -> bool:  # also <submission id>/<ep_id>, as `flateval verify` shows them
+        return selects_episode((entry,), episode.ep_id) or entry == f"{episode.submission}/{episode.ep_id}"
+
+    found = [f for f in find_episodes(Path(directory)) if f.state == COMPLETE and any(names(e, f) for e in chosen)]
+    unknown = [e for e in chosen if not any(names(e, f) for f in found)]
+    if unknown or not found:
+        raise CliError(f"no complete recording of {', '.join(unknown or chosen)} under {directory}")
+    for episode in found:
+        try:
+            video = render_episode(episode.folder, fmt)
+        except RenderError as exc:
+            raise CliError(f"{episode.submission}/{episode.ep_id}: {exc}") from None
+        if video.note:
+            click.echo(f"flateval: {video.note}", err=True)
+        click.echo(f"{episode.submission}/{episode.ep_id}: {video.frames} frames -> {video.path}")
+
+
 # --------------------------------------------------------------------------------------- kubernetes
 @main.command("k8s-manifests")
 @click.argument("submission_id")
@@ -409,10 +483,13 @@ def export(results_file: str, fmt: str, output: str | None, split: str | None) -
                                           "challenge's deadlines).")
 @click.option("--test-set-claim", help="PVC with the test set (default: flateval-test-set); '' if the worker "
                                      "image holds it at /test-set.")
+@click.option("--record-claim", help="PVC every episode is recorded into (default: flateval-recordings); '' to "
+                                   "record only what the submission asks for.")
 @click.option("--image-pull-secret", "image_pull_secrets", multiple=True)
 def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, worker_image: str | None,
                   challenge: str | None, phase: str | None, cpu: str | None, memory: str | None, max_replicas: int,
-                  grace_s: int | None, test_set_claim: str | None, image_pull_secrets: tuple[str, ...]) -> None:
+                  grace_s: int | None, test_set_claim: str | None, record_claim: str | None,
+                  image_pull_secrets: tuple[str, ...]) -> None:
     """Print one submission's Kubernetes objects (a KEDA ScaledJob): pipe into `kubectl apply -f -`."""
     from broker import k8s_manifests as k8s
     from core.challenge import ChallengeError, load_challenge
@@ -424,6 +501,8 @@ def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, w
     given = {"namespace": namespace, "worker_image": worker_image}
     if test_set_claim is not None:
         given["test_set_claim"] = test_set_claim or None
+    if record_claim is not None:
+        given["record_claim"] = record_claim or None
     try:
         objects = k8s.submission_manifests(
             submission_id, agent_image, cpu=cpu or f"{chosen.agent_resources.cpu:g}",

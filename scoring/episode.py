@@ -117,6 +117,11 @@ class EpisodeResult:
     max_episode_steps: int | None = None
     observation: dict | None = None
     env: str | None = None  # "flatland" or "gymnasium:ENV_ID"
+    # recorded episodes (docs/audit.md); set by the recorder before the result is stored
+    ep_id: str | None = None  # the recording's episode id (flatland's Trajectory ep_id)
+    trajectory: str | None = None  # its folder: flatland's Trajectory data dir (gymnasium: episode.jsonl's)
+    trajectory_digest: str | None = None  # sha256 of the recorded files, as `flateval verify` recomputes it
+    video: str | None = None  # the rendered replay (mp4 or gif), when the episode was chosen for one
 
     def as_dict(self) -> dict[str, Any]:
         """The record; ``return`` is the episode's undiscounted sum of rewards (``cumulative_reward``,

@@ -119,6 +119,9 @@ def test_compose_parses_and_has_the_six_services():
     assert int(env_of(worker)["FLATEVAL_AGENT_SLOTS"]) == int(worker["deploy"]["replicas"]) \
         == int(agent["deploy"]["replicas"])
     assert "FLATEVAL_QUEUES" not in env_of(worker)  # follow every open submission
+    # every worker records into one shared, writable folder (docs/audit.md)
+    mounts = {str(v).split(":")[1]: str(v).split(":")[2:] for v in worker["volumes"]}
+    assert mounts[env_of(worker)["FLATEVAL_RECORD_DIR"]] == []  # read-write
     assert env_of(worker)["FLATEVAL_REDIS_URL"] == f"redis://:{COMPOSE_ENV['REDIS_PASSWORD']}@redis:6379/0"
     command = redis_["command"]
     assert command[:1] == ["redis-server"]
@@ -149,7 +152,7 @@ def test_compose_parses_and_has_the_six_services():
         for volume in service.get("volumes", []):
             source = str(volume).split(":")[0]
             if source.startswith("."):
-                assert (DEPLOY / source).exists() or source == "./test-set", (name, source)
+                assert (DEPLOY / source).exists() or source in ("./test-set", "./recordings"), (name, source)
             else:
                 assert source in compose["volumes"], (name, source)
         if "build" in service:
@@ -208,8 +211,8 @@ allowed = set(json.loads(sys.argv[1]))
 class Image(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         top = name.partition(".")[0]
-        if top in allowed or top in sys.stdlib_module_names:
-            return None
+        if top in allowed or top in sys.stdlib_module_names or top.startswith("_sysconfigdata_"):
+            return None  # (_sysconfigdata_<platform>: the standard library's, named per platform)
         raise ModuleNotFoundError(f"No module named {name!r} in this image", name=name)
 sys.meta_path.insert(0, Image())
 module, sys.argv = sys.argv[2], [sys.argv[2], *sys.argv[3:]]
@@ -270,7 +273,7 @@ def test_compose_services_evaluate_a_submission_as_local_processes(small_test_se
     password = secrets.token_hex(16)
     pairs = 2
     env = {**COMPOSE_ENV, "REDIS_PASSWORD": password, "FLATEVAL_PAIRS": str(pairs),
-           "FLATEVAL_TEST_SET": str(small_test_set)}
+           "FLATEVAL_TEST_SET": str(small_test_set), "FLATEVAL_RECORDINGS": str(tmp_path / "recordings")}
     compose = load_compose(env)
     services = compose["services"]
     runnable = {name for name, s in services.items() if "command" in s}
@@ -371,6 +374,8 @@ def test_compose_services_evaluate_a_submission_as_local_processes(small_test_se
         assert document["status"] == "finished"
         assert [e["outcome"] for e in document["episodes"]] == ["completed"] * 4
         assert document["score"]["mean_normalized_return"] is not None
+        for episode in document["episodes"]:  # recorded by the workers into the shared folder
+            assert Path(episode["trajectory"]) == tmp_path / "recordings" / sid / episode["ep_id"]
 
         exported = _scrape(exporter_port)
         assert _sample_sum(exported, "flateval_submissions", '{state="finished"}') == 1
@@ -518,6 +523,8 @@ def test_every_kubernetes_object_validates_strictly():
                 validate_strict(kv, name, as_job(obj))
         else:
             validate_strict(kv, name, obj)
+    claims = {o["metadata"]["name"]: o for _, o in objects if o["kind"] == "PersistentVolumeClaim"}
+    assert claims[k8s.RECORD_CLAIM]["spec"]["accessModes"] == ["ReadWriteMany"]  # every pod records into it
     assert {"Namespace", "StatefulSet", "Service", "Deployment", "NetworkPolicy", "ScaledJob",
             "TriggerAuthentication", "PersistentVolumeClaim", "Secret"} <= kinds
 
@@ -595,6 +602,12 @@ def test_submission_workload_pairs_the_agent_with_its_worker_safely():
     assert env["FLATEVAL_QUEUES"] == f"flateval-{EXAMPLE_SID}"
     assert env["FLATEVAL_AGENT_ENDPOINT"] == bind
     assert "--burst" in worker["command"]
+    # every episode recorded into the shared recordings volume, writable by the worker's group
+    mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
+    assert not mounts[env["FLATEVAL_RECORD_DIR"]].get("readOnly")
+    claim = next(v for v in spec["volumes"] if v["name"] == mounts[env["FLATEVAL_RECORD_DIR"]]["name"])
+    assert claim["persistentVolumeClaim"]["claimName"] == k8s.RECORD_CLAIM
+    assert spec["securityContext"]["fsGroup"] == k8s.WORKER_GID
     redis_url = next(e for e in worker["env"] if e["name"] == "FLATEVAL_REDIS_URL")
     assert redis_url["valueFrom"]["secretKeyRef"]["name"] == k8s.REDIS_SECRET
 

@@ -22,8 +22,8 @@ def test_response_stats_add_p50_and_p95_to_their_keys():
     for seconds in (0.004, 0.001, 0.002, 0.003, 0.100):
         stats.add(seconds)
     record = stats.as_dict()
-    assert set(record) == {"count", "mean_s", "max_s", "planning_s", "p50_s", "p95_s"}
+    assert set(record) == {"count", "mean_s", "max_s", "planning_s", "p50_s", "p95_s", "time_bank_left_s"}
     assert record["count"] == 5 and record["max_s"] == 0.100 and record["planning_s"] == 1.5
     assert record["p50_s"] == 0.003 and record["p95_s"] == pytest.approx(0.0808)
     assert ResponseStats().as_dict() == {"count": 0, "mean_s": None, "max_s": None, "planning_s": 0.0,
-                                         "p50_s": None, "p95_s": None}
+                                         "p50_s": None, "p95_s": None, "time_bank_left_s": None}
