@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from broker.test_set import EnvFile, discover
-from flateval.challenge import Challenge, Phase, load_challenge
+from flateval.challenge import AgentResources, Challenge, Phase, load_challenge
 from flateval.settings import (
     DEFAULT_ENV_SEED,
     DEFAULT_GYMNASIUM_SEED,
@@ -56,6 +56,7 @@ class SubmissionPlan:
     challenge: str = ""
     phase: str = ""
     test_set: str = ""  # the test set's directory ("" for a gymnasium env)
+    agent_resources: AgentResources = AgentResources()  # what each agent may use (the local sandbox's limits)
 
     def record_fields(self) -> dict:
         """What the submission record keeps of the plan (read back by workers and finalization)."""
@@ -96,6 +97,7 @@ def make_plan(
         aggregation=scoring.aggregation,
         max_consecutive_timeouts=phase.stop_rules.max_consecutive_timeouts,
         completion_gate=phase.stop_rules.completion_gate, challenge=challenge, phase=phase.name, test_set=test_set,
+        agent_resources=phase.agent_resources,
     )
 
 

@@ -89,6 +89,7 @@ def run_episode_job(spec: dict[str, Any]) -> dict[str, Any]:
     job_id = get_current_job().id
     with SubmissionWatch(conn, sid, record.get("deadline_at"), job_id, pair.name) as watch:
         result = run_episode(episode, pair.link, [*pair.observers, metrics_observer()], stop=watch)
+    result = pair.name_breach(result)
     if result.outcome == STOPPED:
         stop_rules.check_deadline(conn, sid, record.get("deadline_at"))
     else:

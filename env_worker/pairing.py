@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 from typing import Sequence
 
 from env_worker.agent_link import AgentLink
@@ -37,10 +38,21 @@ class PairedAgent:
             self._link = AgentLink(self.endpoint, curve_server_key=self.curve_server_key)
         return self._link
 
+    def name_breach(self, result: EpisodeResult) -> EpisodeResult:
+        """An episode lost by an agent that broke a sandbox limit is an `agent_error` naming the
+        limit ("memory limit 15 GiB exceeded (agent disconnected ...)"). The counters are read
+        after every episode, so a breach is never blamed on a later one."""
+        cause = self.process.breach() if self.process is not None else None
+        if cause is None or result.outcome not in (TIMEOUT, AGENT_ERROR):
+            return result
+        return replace(result, outcome=AGENT_ERROR, error=f"{cause} ({result.error})" if result.error else cause)
+
     def after_episode(self, result: EpisodeResult) -> None:
         """Restart an agent that lost its episode, so the next episode starts from a clean agent."""
         if self.process is not None and result.outcome in (TIMEOUT, AGENT_ERROR):
             self.process.restart(self.startup_timeout_s)
+            if self._link is not None:  # a fresh socket: none of the dead agent's reconnect back-off
+                self._link.reset()
 
     def output_tail(self) -> str | None:
         return self.process.output_tail() if self.process else None

@@ -12,6 +12,7 @@ import logging
 from importlib import import_module
 import os
 import socket
+import sys
 import time
 from typing import Callable
 
@@ -27,6 +28,7 @@ from env_worker.agent_process import AgentProcess, AgentStartError, wait_for_han
 from env_worker.agent_slots import NoFreeSlot, claim_slot
 from env_worker.flatland_env import warm_up
 from env_worker.pairing import PairedAgent, set_paired_agent
+from env_worker.sandbox import SandboxSpec
 
 
 IDLE_POLL_S = 0.5
@@ -97,11 +99,13 @@ def run_worker(
     agent_slots: int | None = None,
     curve: bool = False,
     curve_server_key: str | None = None,
+    sandbox: SandboxSpec | None = None,
 ) -> None:
     """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped.
 
     An `agent_endpoint` with ``{slot}`` in it is a template: the worker claims a free slot in Redis
-    (see `env_worker.agent_slots`) and pairs with that agent.
+    (see `env_worker.agent_slots`) and pairs with that agent. A started agent is fenced in by
+    `sandbox` (None: not at all); the line saying how goes to stderr once it runs.
     """
     try:
         conn = connect(redis_url)
@@ -118,8 +122,11 @@ def run_worker(
         agent_endpoint = agent_endpoint.format(slot=lease.slot)
     process = None
     if agent_command:
-        process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
-                               connect=agent_endpoint, curve=curve, pidfile=pidfile)
+        try:
+            process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
+                                   connect=agent_endpoint, curve=curve, pidfile=pidfile, sandbox=sandbox)
+        except AgentStartError as exc:
+            raise WorkerStartError(str(exc)) from None
     endpoint = process.endpoint if process else agent_endpoint
     if not endpoint:
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
@@ -133,6 +140,7 @@ def run_worker(
         try:
             if process:
                 process.start(startup_timeout_s)
+                print(process.sandbox_line(), file=sys.stderr, flush=True)
             else:  # someone else's agent (a sidecar): take no episode before it answers
                 wait_for_handshake(endpoint, startup_timeout_s, curve_server_key)
         except AgentStartError as exc:

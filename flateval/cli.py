@@ -61,6 +61,32 @@ def challenge_options(command):
     return command
 
 
+def sandbox_options(command):
+    """--agent-cpus, --agent-memory, --agent-pids and --no-sandbox, shared by `run` and `worker`."""
+    for option in reversed([
+        click.option("--agent-cpus", type=click.FloatRange(min=0, min_open=True),
+                     help="Cores for each agent: a cpuset of that many and a CPU quota (default: the challenge's)."),
+        click.option("--agent-memory", help="Memory for each agent, e.g. 15Gi or 512Mi (default: the challenge's)."),
+        click.option("--agent-pids", type=click.IntRange(min=8),
+                     help="Processes and threads each agent may have at once (default: 512)."),
+        click.option("--no-sandbox", is_flag=True,
+                     help="Run agents as plain child processes: flateval's user, network and files, no limits "
+                          "(debugging only)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _sandbox_spec(cpus: float | None, memory: str | None, pids: int | None, **rest: Any):
+    """The agents' fences from the options (click checked the numbers; the size is one line if bad)."""
+    from env_worker.sandbox import SandboxSpec
+
+    try:
+        return SandboxSpec.from_options(cpus, memory, pids, **rest)
+    except ValueError as exc:
+        raise CliError(f"--agent-memory: {exc}") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flateval")
 def main() -> None:
@@ -144,10 +170,12 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 @click.option("--agent-startup-timeout", type=float, default=60.0, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve the whole local cluster's /metrics here.")
 @click.option("--curve", is_flag=True, help="Encrypt every worker-agent link with CurveZMQ (fresh keys per pair).")
+@sandbox_options
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
         challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
         overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
-        agent_startup_timeout: float, metrics_port: int | None, curve: bool) -> None:
+        agent_startup_timeout: float, metrics_port: int | None, curve: bool, agent_cpus: float | None,
+        agent_memory: str | None, agent_pids: int | None, no_sandbox: bool) -> None:
     """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score."""
     from broker.local_run import RunError, run_local
     from broker.plan import PlanError
@@ -159,11 +187,14 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                                output=output, seed=seed, env=env, episodes=episodes, challenge=challenge, phase=phase,
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                                overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout,
-                               metrics_port=metrics_port, curve=curve)
+                               metrics_port=metrics_port, curve=curve, agent_cpus=agent_cpus, agent_memory=agent_memory,
+                               agent_pids=agent_pids, sandbox=not no_sandbox)
+    if not no_sandbox:
+        _sandbox_spec(agent_cpus, agent_memory, agent_pids)  # a bad size is one line before anything starts
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with ProgressView() as view:
-            document = run_local(settings, on_progress=view.update)
+            document = run_local(settings, on_progress=view.update, on_notice=lambda line: click.echo(line, err=True))
     except (RunError, TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
@@ -195,12 +226,26 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
 @click.option("--curve", is_flag=True, help="With --agent-command: encrypt the agent link (CurveZMQ, fresh keys).")
 @click.option("--agent-curve-key", envvar=cfg.AGENT_CURVE_KEY_ENV,
               help="The agent's CURVE public key (Z85): talk to it encrypted.")
+@sandbox_options
+@click.option("--agent-hide", multiple=True, hidden=True, help="A path the started agent must not see.")
+@click.option("--agent-cpu-offset", type=click.IntRange(min=0), hidden=True,
+              help="Where among this worker's cores the agent's start (default: the least used).")
 def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
            agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
            startup_timeout: float, metrics_port: int | None, agent_slots: int | None, curve: bool,
-           agent_curve_key: str | None) -> None:
-    """Run an env worker paired with one agent (without --queue: every open submission's queue)."""
+           agent_curve_key: str | None, agent_cpus: float | None, agent_memory: str | None, agent_pids: int | None,
+           no_sandbox: bool, agent_hide: tuple[str, ...], agent_cpu_offset: int | None) -> None:
+    """Run an env worker paired with one agent (without --queue: every open submission's queue).
+
+    An agent it starts (--agent-command) is sandboxed with neurips2020's agent resources unless
+    --agent-cpus/--agent-memory say otherwise."""
+    from env_worker.sandbox.launcher import LIFELINE_ENV, die_with_parent
+
+    if os.environ.get(LIFELINE_ENV):  # started by `flateval run`: never outlive it, even SIGKILLed
+        die_with_parent(int(os.environ.pop(LIFELINE_ENV)))
     queues = tuple(q for item in queues for q in item.split())
+    sandbox = None if no_sandbox or not agent_command else _sandbox_spec(
+        agent_cpus, agent_memory, agent_pids, cpu_offset=agent_cpu_offset, hide=agent_hide)
     if metrics_port:
         _serve_episode_metrics(metrics_port)
     from env_worker.worker import WorkerStartError, run_worker
@@ -210,7 +255,8 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
     try:
         run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
                    agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
-                   pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key)
+                   pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key,
+                   sandbox=sandbox)
     except WorkerStartError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:

@@ -98,3 +98,7 @@ class RunSettings:
     agent_startup_timeout_s: float = 60.0
     metrics_port: int | None = None
     curve: bool = False
+    agent_cpus: float | None = None  # None: the challenge's agent resources
+    agent_memory: str | None = None
+    agent_pids: int | None = None
+    sandbox: bool = True  # False: --no-sandbox (debugging)
