@@ -5,7 +5,10 @@ One object per submission, a KEDA ``ScaledJob`` on the submission's RQ queue (th
 
 * the participant's agent as a native sidecar (an init container with ``restartPolicy: Always``,
   Kubernetes >= 1.29): started first, it binds 127.0.0.1 only, gets the challenge's resources
-  (4 CPU, 15 GiB for neurips2020), no Redis credentials, no service-account token, no service links;
+  (4 CPU, 15 GiB for neurips2020), no Redis credentials, no service-account token, no service links,
+  the `restricted` security context with a read-only root filesystem (its scratch space is a
+  size-limited /tmp, also its HOME); with ``--runtime-class gvisor`` (deploy/k8s/overlays/gvisor)
+  the whole pod runs under gVisor;
 * the env worker, ``flateval worker --burst`` on that one queue, talking to the agent over localhost.
 
 A worker plays episodes until the queue is empty and exits; the Job then completes and Kubernetes
@@ -40,6 +43,8 @@ TEST_SET_CLAIM = "flateval-test-set"
 TEST_SET_DIR = "/test-set"
 AGENT_PORT = 8086
 METRICS_PORT = 9109
+AGENT_TMP_SIZE = "1Gi"
+"""The agent's only writable space (its /tmp and HOME): enough for scratch files, not for filling a node's disk."""
 
 NEURIPS2020_PLANNING_S = 300
 NEURIPS2020_STEP_S = 5
@@ -104,6 +109,7 @@ def submission_manifests(
     worker_memory: str = "2Gi",
     test_set_claim: str | None = TEST_SET_CLAIM,
     image_pull_secrets: Sequence[str] = (),
+    runtime_class: str | None = None,
 ) -> list[dict[str, Any]]:
     """The objects that evaluate one submission: a KEDA ScaledJob (the pod template inside it).
 
@@ -111,6 +117,7 @@ def submission_manifests(
     `worker_cpu`/`worker_memory` the env worker's. `test_set_claim` is a PersistentVolumeClaim holding
     the test set (mounted read-only at /test-set); None when the worker image carries the test set at
     /test-set itself. `grace_s` is the pod's termination grace period: at least one episode.
+    `runtime_class` runs the pod under that RuntimeClass (``gvisor``: deploy/k8s/overlays/gvisor).
     """
     _check(submission_id, agent_image, max_replicas, grace_s)
     name = object_name(submission_id)
@@ -124,13 +131,14 @@ def submission_manifests(
         # native sidecar: started before the worker, stopped after it, never counted for Job completion
         "restartPolicy": "Always",
         # the participant's container learns where to listen and nothing else: no Redis URL, no secret
-        "env": [{"name": "FLATEVAL_AGENT_BIND", "value": endpoint}],
+        "env": [{"name": "FLATEVAL_AGENT_BIND", "value": endpoint}, {"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
-        "securityContext": _restricted(read_only_root=False),
+        "securityContext": _restricted(read_only_root=True),
         "volumeMounts": [{"name": "agent-tmp", "mountPath": "/tmp"}],
     }
     worker_mounts = [{"name": "worker-tmp", "mountPath": "/tmp"}]
-    volumes: list[dict[str, Any]] = [{"name": "worker-tmp", "emptyDir": {}}, {"name": "agent-tmp", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "worker-tmp", "emptyDir": {}},
+                                     {"name": "agent-tmp", "emptyDir": {"sizeLimit": AGENT_TMP_SIZE}}]
     if test_set_claim:
         worker_mounts.append({"name": "test-set", "mountPath": TEST_SET_DIR, "readOnly": True})
         volumes.append({"name": "test-set", "persistentVolumeClaim": {"claimName": test_set_claim, "readOnly": True}})
@@ -163,6 +171,8 @@ def submission_manifests(
     }
     if image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in image_pull_secrets]
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
     template = {
         "metadata": {
             "labels": pod_labels,
@@ -229,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-set-claim", default=TEST_SET_CLAIM,
                         help="PVC with the test set; '' if the worker image holds it at /test-set")
     parser.add_argument("--image-pull-secret", action="append", default=[])
+    parser.add_argument("--runtime-class", help="run the pod under this RuntimeClass, e.g. gvisor "
+                                                "(deploy/k8s/overlays/gvisor)")
     args = parser.parse_args(argv)
 
     from flateval.challenge import ChallengeError, load_challenge
@@ -243,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         objects = submission_manifests(
             args.submission_id, args.agent_image, namespace=args.namespace, worker_image=args.worker_image,
             cpu=cpu, memory=memory, max_replicas=args.max_replicas, grace_s=args.grace_s,
-            test_set_claim=args.test_set_claim or None, image_pull_secrets=args.image_pull_secret)
+            test_set_claim=args.test_set_claim or None, image_pull_secrets=args.image_pull_secret,
+            runtime_class=args.runtime_class)
     except ValueError as exc:
         parser.error(str(exc))
     sys.stdout.write(to_yaml(objects))
