@@ -223,7 +223,7 @@ class AgentProcess:
         """The limit the agent broke since the last call, if any (see the module's docstring)."""
         if self.sandbox is None:
             return None
-        return self.sandbox.breach(self.process.poll() if self.process else None, self.output_tail(2000))
+        return self.sandbox.breach(self.output_tail(2000))
 
     def usage(self, reset_peak: bool = False) -> AgentUsage:
         """The agent's CPU seconds and peak memory so far (see the module's docstring)."""

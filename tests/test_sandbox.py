@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ from env_worker.sandbox.spec import format_bytes, format_cores
 from tests.conftest import free_port
 from tests.test_episode import direct_normalized_return
 from tests.test_faults import wait_for
-from tests.test_run import DO_NOTHING, FLATEVAL, flateval
+from tests.test_run import DO_NOTHING, FLATEVAL, check_against_direct, flateval
 
 MEMORY = "256Mi"
 PIDS = 64
@@ -393,14 +392,18 @@ def test_the_worker_carries_on_and_good_episodes_score_exactly(hostile_run):
         assert (episode["percentage_complete"], episode["steps"]) == (pytest.approx(done, abs=1e-9), steps)
 
 
-def test_the_agent_reaches_neither_redis_nor_loopback_nor_another_agent(hostile_run):
+def test_the_agent_reaches_neither_redis_nor_loopback_nor_another_agent(hostile_run, fault_report):
     require(hostile_run["report"], "netns")
     seen = findings(hostile_run["episodes"][1])
     assert set(hostile_run["reachable"]) <= set(seen)  # every target the test could reach was tried
     assert all(refused(result) for result in seen.values()), seen
+    fault_report("agent connects to the run's Redis, other loopback ports (IPv4, IPv6) and another agent's "
+                 "socket", "every attempt refused (" + "; ".join(sorted({r.split(":")[1].strip() for r in seen.values()}))
+                 + "): its own network namespace, its link an ipc:// socket; the episode is an agent_error, the "
+                 "worker carries on", None)
 
 
-def test_the_agent_reads_and_writes_nothing_of_the_test_set_the_worker_or_others(hostile_run):
+def test_the_agent_reads_and_writes_nothing_of_the_test_set_the_worker_or_others(hostile_run, fault_report):
     report = hostile_run["report"]
     require(report, "mounts", "pidns", "user")
     seen = findings(hostile_run["episodes"][3])
@@ -420,16 +423,23 @@ def test_the_agent_reads_and_writes_nothing_of_the_test_set_the_worker_or_others
     assert seen["groups"] == [] and seen["cwd mode"] == "0o700" and seen["cwd"] == seen["home"]
     assert seen["write home"].startswith("ok")
     assert not [k for k in seen["env"] if re.search("REDIS|RQ_|PROMETHEUS|TOKEN|SECRET|PASSWORD", k)]
+    fault_report("agent reads and writes the (world-readable) test set, looks for the Redis URL in /proc, reads "
+                 "the run directory and another agent's files",
+                 f"nothing read or written ({seen['read test set']['first'].split(':')[1].strip()}); it sees "
+                 f"{seen['processes visible']} processes, its own; it runs as uid {seen['uid']} in a private 0700 "
+                 "directory with an allowlisted environment", None)
 
 
-def test_a_memory_hog_is_killed_and_the_limit_named(hostile_run):
+def test_a_memory_hog_is_killed_and_the_limit_named(hostile_run, fault_report):
     require(hostile_run["report"], "memory")
     episode = hostile_run["episodes"][5]
     assert episode["outcome"] == "agent_error"
     assert episode["error"].startswith(f"memory limit {format_bytes(parse_memory(MEMORY))} exceeded"), episode["error"]
+    fault_report(f"agent allocates past --agent-memory {MEMORY}", f"`agent_error`: {episode['error']}; the next "
+                 "episode scores normally", None)
 
 
-def test_a_fork_bomb_is_bounded_and_the_limit_named(hostile_run):
+def test_a_fork_bomb_is_bounded_and_the_limit_named(hostile_run, fault_report):
     require(hostile_run["report"], "pids", "pidns")
     episode = hostile_run["episodes"][7]
     seen = findings(episode)
@@ -437,9 +447,12 @@ def test_a_fork_bomb_is_bounded_and_the_limit_named(hostile_run):
     assert episode["error"].startswith(f"process limit {PIDS} reached"), episode["error"]
     # its bombers died with the agent's restart: the good episode after it ran on a fresh agent
     assert hostile_run["episodes"][8]["outcome"] == "completed"
+    fault_report(f"agent forks without end (--agent-pids {PIDS})", f"forks refused after {seen['forked']} of the "
+                 f"agent's own; `agent_error`: {episode['error'].split(' (')[0]}; every bomber dies with the agent's "
+                 "restart", None)
 
 
-def test_a_spinner_keeps_to_its_core_and_its_quota(hostile_run):
+def test_a_spinner_keeps_to_its_core_and_its_quota(hostile_run, fault_report):
     report = hostile_run["report"]
     require(report, "cpus", "quota")
     seen = findings(hostile_run["episodes"][9])
@@ -447,6 +460,9 @@ def test_a_spinner_keeps_to_its_core_and_its_quota(hostile_run):
     assert seen["affinity"] == seen["affinity after"] == allowed, seen
     # 4 processes spinning for 1 s of wall time got at most half a core's time (plus a period's slack)
     assert seen["cpu"] <= CPUS * seen["wall"] + 0.15, seen
+    fault_report(f"agent spins {2 * os.cpu_count()} processes on every core and widens its affinity (--agent-cpus "
+                 f"{CPUS:g})", f"it stays on core(s) {format_cores(allowed)} and gets {seen['cpu']:.2f} CPU s in "
+                 f"{seen['wall']:.2f} s; the good episodes on the same worker score exactly", None)
 
 
 # ------------------------------------------------------------------------------------ nothing outlives
@@ -569,6 +585,44 @@ def test_a_detached_grandchild_dies_with_a_sigkilled_flateval_run(redis_url, sma
             run.wait()
         if run_dir is not None:  # what the killed run could not clean up itself
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ not root
+
+def test_as_a_plain_user_the_sandbox_degrades_clearly_and_still_fences(redis_url, redis_conn, small_test_set,
+                                                                        tmp_path):
+    """A `flateval worker` run by a user who is not root (here: inside a sandbox of our own, as its
+    uid, with the network) still fences its agent in with a user namespace (network, pids, mounts)
+    and RLIMIT_AS, says what it cannot do (another user, cgroups) and scores exactly."""
+    if os.geteuid() != 0:
+        pytest.skip("cannot run: needs root to make a plain user (as a plain user, the tests above are this test)")
+    test_set = tmp_path / "tests"
+    shutil.copytree(small_test_set, test_set)
+    for path in [test_set, *test_set.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    sid = flateval("submit", "--redis", redis_url, "--test-set", str(test_set)).stdout.strip()
+    worker = (f"cd {test_set} && {sys.executable} -m flateval worker --redis {redis_url} --queue flateval-{sid} "
+              f"--burst --agent-command '{DO_NOTHING}' --agent-memory 1Gi --agent-log \"$HOME/agent.log\"")
+    user = AgentProcess(worker, tmp_path / "worker.log", bind="tcp://127.0.0.1:1",  # a TCP bind: no netns for it
+                        sandbox=SandboxSpec(cpus=2))
+    try:
+        user.start(handshake=False)
+        user.process.wait(120)
+    finally:
+        user.stop()
+        shutil.rmtree(user.sandbox.agents_dir.with_name(f"flateval-agents-{user.sandbox.uid}"), ignore_errors=True)
+    log = (tmp_path / "worker.log").read_text()
+    assert user.process is None and "Traceback" not in log, log
+    [line] = [line for line in log.splitlines() if line.startswith("sandbox: ")]
+    report = parse_line(line)
+    print(line)
+    assert report.off["user"].endswith("not root: the agent runs as that user")
+    assert {"quota", "pids"} <= set(report.off) and "cgroup" in report.off["quota"]
+    assert report.on["memory"] == "1 GiB (RLIMIT_AS, per process)"
+    require(report, "netns", "pidns", "mounts")  # a kernel without unprivileged user namespaces says why
+    assert report.on["netns"] == "(user namespace)"
+    document = json.loads(flateval("results", sid, "--redis", redis_url).stdout)
+    check_against_direct(document, test_set)
 
 
 # ------------------------------------------------------------------------------------ the command line

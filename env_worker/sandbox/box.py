@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from env_worker.sandbox import cgroups, launcher
 from env_worker.sandbox.environment import sandboxed_environment
@@ -192,7 +193,7 @@ class Sandbox:
                 and self.uid is not None:
             self._rlimits["NPROC"] = spec.pids  # counted per uid: this agent's processes only
 
-    def launch(self, command: str, bind: str, curve_secret: str | None, log) -> subprocess.Popen:
+    def launch(self, command: str, bind: str, curve_secret: str | None, log: BinaryIO) -> subprocess.Popen:
         """Start `command` fenced in; returns the launcher's process (the agent, as its supervisor
         sees it). Raises `SandboxError` when the launcher cannot build the sandbox."""
         self._fresh_home()
@@ -280,8 +281,9 @@ class Sandbox:
 
     # ------------------------------------------------------------------------ while it runs
 
-    def breach(self, returncode: int | None = None, output: str = "") -> str | None:
-        """The limit the agent broke since the last call (or its start), named for the user."""
+    def breach(self, output: str = "") -> str | None:
+        """The limit the agent broke since the last call (or its start), named for the user; `output`:
+        the tail of its log (under RLIMIT_AS a breach is a MemoryError there)."""
         events = self.cgroup.events() if self.cgroup else {}
         new = {key: value - self._events_seen.get(key, 0) for key, value in events.items()}
         self._events_seen = events

@@ -93,9 +93,9 @@ def _unshare(flags: int) -> None:
     _call("unshare", _libc.unshare(ctypes.c_int(flags)))
 
 
-def _map_own_ids() -> None:
-    """In a fresh user namespace: keep our uid and gid (all a process may map for itself)."""
-    uid, gid = os.getuid(), os.getgid()
+def _map_own_ids(uid: int, gid: int) -> None:
+    """In a fresh user namespace: keep our uid and gid, read before it (inside, unmapped, they read
+    as the overflow id), the one mapping a process may write for itself."""
     for path, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
         with open(f"/proc/self/{path}", "w") as fh:
             fh.write(text)
@@ -114,8 +114,9 @@ def unshare_namespaces(network: bool, may_use_userns: bool, on: dict, off: dict)
         got, how = 0, ""
         if may_use_userns:
             try:
+                uid, gid = os.getuid(), os.getgid()
                 _unshare(every | CLONE_NEWUSER)
-                _map_own_ids()
+                _map_own_ids(uid, gid)
                 got, how = every, " (user namespace)"
             except (SetupError, OSError) as second:
                 first = SetupError(second.errno, f"{first.strerror}; with a user namespace: {second.strerror}")

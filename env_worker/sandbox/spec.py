@@ -11,7 +11,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from flateval.challenge import AgentResources
 
@@ -74,7 +74,7 @@ class SandboxSpec:
 
     @classmethod
     def from_options(cls, cpus: float | None = None, memory: str | None = None, pids: int | None = None,
-                     resources: AgentResources = AgentResources(), **rest) -> "SandboxSpec":
+                     resources: AgentResources = AgentResources(), **rest: Any) -> "SandboxSpec":
         """The challenge's agent `resources` (default: neurips2020's 4 CPUs and 15Gi), each replaced
         by an option that is given. A bad value is a `ValueError` whose message is one line."""
         return cls(cpus=cpus if cpus is not None else resources.cpu,
