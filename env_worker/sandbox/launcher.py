@@ -110,16 +110,17 @@ def unshare_namespaces(network: bool, may_use_userns: bool, on: dict, off: dict)
     try:
         _unshare(every)
         got, how = every, ""
-    except SetupError as first:
+    except SetupError:
         got, how = 0, ""
         if may_use_userns:
+            uid, gid = os.getuid(), os.getgid()
             try:
-                uid, gid = os.getuid(), os.getgid()
                 _unshare(every | CLONE_NEWUSER)
+            except SetupError:
+                pass
+            else:  # an OSError here is fatal: in an unmapped namespace no file can be made
                 _map_own_ids(uid, gid)
                 got, how = every, " (user namespace)"
-            except (SetupError, OSError) as second:
-                first = SetupError(second.errno, f"{first.strerror}; with a user namespace: {second.strerror}")
         if not got:
             for name, flag in wanted.items():
                 try:
@@ -333,7 +334,11 @@ def main(argv: list[str]) -> None:
     die_with_parent(config["parent"])
     on: dict = {}
     off: dict = {}
-    flags = unshare_namespaces(config["network"], may_use_userns=config.get("uid") is None, on=on, off=off)
+    try:
+        flags = unshare_namespaces(config["network"], may_use_userns=config.get("uid") is None, on=on, off=off)
+    except OSError as exc:
+        os.write(status, marshal.dumps({"error": f"sandbox: user namespace: {exc.strerror or exc}"}))
+        os._exit(FATAL_EXIT)
     lifeline_read, lifeline_write = os.pipe()
     child = os.fork()
     if child == 0:
