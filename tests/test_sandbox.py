@@ -104,7 +104,10 @@ def files():
             except OSError:
                 pass
     out["redis in /proc"], out["processes visible"] = redis_seen, visible
-    out["host process cmdline"] = attempt(lambda: read(f"/proc/{CONFIG['host_pid']}/cmdline"))
+    def host_cmdline():  # its pid may name one of the agent's own processes: is it the host's?
+        with open(f"/proc/{CONFIG['host_pid']}/cmdline", "rb") as fh:
+            return fh.read().hex() == CONFIG["host_cmdline"]
+    out["host process cmdline"] = attempt(host_cmdline)
     out["run dirs"] = {d: attempt(lambda d=d: os.listdir(os.path.join("/tmp", d)))
                        for d in os.listdir("/tmp") if d.startswith("flateval-run-")}
     out["other agent's file"] = attempt(lambda: read(CONFIG["other_secret"]))
@@ -342,7 +345,8 @@ def hostile_run(small_test_set, redis_url, tmp_path_factory):
     config = {"attacks": {str(k): v for k, v in ATTACKS.items()}, "targets": targets, "test_set": str(test_set),
               "test_files": [str(p) for p in sorted(before)], "other_secret": str(secret),
               "other_socket": other.endpoint.removeprefix("ipc://"), "agents_dir": str(other.sandbox.agents_dir),
-              "bundled": str(Path(package.__file__).parent / "data" / "test_sets"), "host_pid": os.getpid()}
+              "bundled": str(Path(package.__file__).parent / "data" / "test_sets"), "host_pid": os.getpid(),
+              "host_cmdline": Path("/proc/self/cmdline").read_bytes().hex()}
     script = base / "hostile.py"
     script.write_text("CONFIG = " + repr(config) + "\n" + HOSTILE)
     script.chmod(0o644)
@@ -415,7 +419,7 @@ def test_the_agent_reads_and_writes_nothing_of_the_test_set_the_worker_or_others
     assert not list(hostile_run["test_set"].rglob("planted.txt"))
     assert refused(seen["bundled test sets"]) or seen["bundled test sets"] == "ok: []"
     assert seen["redis in /proc"] == [] and seen["processes visible"] <= 3, seen  # its shell, itself, a helper
-    assert refused(seen["host process cmdline"])
+    assert refused(seen["host process cmdline"]) or seen["host process cmdline"] == "ok: False"
     assert all(refused(r) for r in seen["run dirs"].values()), seen["run dirs"]
     assert refused(seen["other agent's file"]) and refused(seen["agents dir"])
     # its own uid, no groups, a private 0700 working directory that is its HOME, an allowlisted environment
