@@ -546,6 +546,10 @@ def _sigkill_and_check_everything_dies(victim: subprocess.Popen, needles: list[s
     finally:
         for pid in _live(needles):  # never leave one behind, whatever the verdict
             os.kill(pid, signal.SIGKILL)
+        from env_worker.sandbox import box, cgroups
+
+        cgroups.remove_stale()  # the empty cgroups and directories the killed worker could not remove
+        box.remove_stale_dirs(box.agents_dir())
     return time.monotonic() - killed_at
 
 

@@ -63,11 +63,11 @@ def agents_dir() -> Path:
     return path
 
 
-def _remove_stale_dirs(parent: Path) -> None:
+def remove_stale_dirs(parent: Path) -> None:
     """Private directories of agents whose worker was killed (named <worker pid>-<random>)."""
     for path in parent.iterdir():
         pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not cgroups.alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -137,7 +137,7 @@ class Sandbox:
         parent = agents_dir()
         if not _stale_removed:
             _stale_removed = True
-            _remove_stale_dirs(parent)
+            remove_stale_dirs(parent)
             cgroups.remove_stale()
         self.agents_dir = parent
         self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))

@@ -321,6 +321,14 @@ def _read_text(path: Path) -> str:
         return ""
 
 
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie is only waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def cgroup_name() -> str:
     """A fresh agent cgroup name: this worker's pid (so a later worker can tell it stale) and a nonce."""
     return f"{PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
@@ -335,8 +343,7 @@ def remove_stale(where: Layout | None = None) -> None:
         except OSError:
             continue
         for path in names:
-            pid = int(_STALE.match(path.name).group(1))
-            if Path(f"/proc/{pid}").exists():
+            if alive(int(_STALE.match(path.name).group(1))):
                 continue
             try:
                 path.rmdir()
