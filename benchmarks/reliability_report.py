@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ["tests/test_faults.py", "tests/test_record_faults.py", "tests/test_episode.py::test_misbehaving_agent_costs_only_its_episode"]
+SUITES = ["tests/test_faults.py", "tests/test_record_faults.py", "tests/test_chaos.py",
+          "tests/test_episode.py::test_misbehaving_agent_costs_only_its_episode", "tests/test_sandbox.py"]
 
 HEADER = """# Reliability report
 
@@ -47,9 +48,10 @@ FOOTER = """
   ZeroMQ (`ZMQ_MAXMSGSIZE`), checked against the protocol, and actions validated. Deadlines are
   measured by polling; a miss replaces the socket (Lazy Pirate). A socket monitor tells a dead agent
   (ZeroMQ retries the connection) from an over-size reply (a protocol error; never retried) at once.
-- **Credentials.** Agents get an environment stripped of every `*REDIS*`, `RQ_*`, `PROMETHEUS*` and
-  `FLATEVAL_*` variable; no message carries them. `flateval run --curve` (or `flateval worker
-  --curve` / `--agent-curve-key`) encrypts and authenticates each worker-agent link with CurveZMQ.
+- **Credentials and the sandbox.** Agents started by flateval run in the local sandbox
+  ([sandbox.md](sandbox.md)): their own uid, pid, mount and network namespaces, cgroup limits, an
+  allowlisted environment; no message carries credentials. `flateval run --curve` (or `flateval
+  worker --curve` / `--agent-curve-key`) encrypts and authenticates each worker-agent link with CurveZMQ.
 
 ## Redis memory: what is kept, and for how long
 

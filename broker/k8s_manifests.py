@@ -5,7 +5,10 @@ One object per submission, a KEDA ``ScaledJob`` on the submission's RQ queue (th
 
 * the participant's agent as a native sidecar (an init container with ``restartPolicy: Always``,
   Kubernetes >= 1.29): started first, it binds 127.0.0.1 only, gets the challenge's resources
-  (4 CPU, 15 GiB for neurips2020), no Redis credentials, no service-account token, no service links;
+  (4 CPU, 15 GiB for neurips2020), no Redis credentials, no service-account token, no service links,
+  the `restricted` security context with a read-only root filesystem (its scratch space is a
+  size-limited /tmp, also its HOME); with ``--runtime-class gvisor`` (deploy/k8s/overlays/gvisor)
+  the whole pod runs under gVisor;
 * the env worker, ``flateval worker --burst`` on that one queue, talking to the agent over localhost.
 
 A worker plays episodes until the queue is empty and exits; the Job then completes and Kubernetes
@@ -43,6 +46,8 @@ RECORD_DIR = "/recordings"
 WORKER_GID = 10001  # the worker image's group (deploy/docker/worker.Dockerfile): owns what it records
 AGENT_PORT = 8086
 METRICS_PORT = 9109
+AGENT_TMP_SIZE = "1Gi"
+"""The agent's only writable space (its /tmp and HOME): enough for scratch files, not for filling a node's disk."""
 
 NEURIPS2020_MAX_EPISODE_STEPS = 3722
 """The largest ``max_episode_steps`` of the neurips2020-debug test set (Test_13, 400 trains, 150x150):
@@ -99,6 +104,7 @@ def submission_manifests(
     test_set_claim: str | None = TEST_SET_CLAIM,
     record_claim: str | None = RECORD_CLAIM,
     image_pull_secrets: Sequence[str] = (),
+    runtime_class: str | None = None,
 ) -> list[dict[str, Any]]:
     """The objects that evaluate one submission: a KEDA ScaledJob (the pod template inside it).
 
@@ -109,6 +115,7 @@ def submission_manifests(
     read-write at /recordings, ``FLATEVAL_RECORD_DIR``); None: record only what a submission asks for,
     where it asks. `grace_s` is the pod's termination grace period: at least one episode (default:
     one worst-case episode under the default time limits, `episode_bound_s(TimeLimits())`).
+    `runtime_class` runs the pod under that RuntimeClass (``gvisor``: deploy/k8s/overlays/gvisor).
     """
     grace_s = episode_bound_s(TimeLimits()) if grace_s is None else grace_s
     _check(submission_id, agent_image, max_replicas, grace_s)
@@ -123,13 +130,14 @@ def submission_manifests(
         # native sidecar: started before the worker, stopped after it, never counted for Job completion
         "restartPolicy": "Always",
         # the participant's container learns where to listen and nothing else: no Redis URL, no secret
-        "env": [{"name": "FLATEVAL_AGENT_BIND", "value": endpoint}],
+        "env": [{"name": "FLATEVAL_AGENT_BIND", "value": endpoint}, {"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
-        "securityContext": _restricted(read_only_root=False),
+        "securityContext": _restricted(read_only_root=True),
         "volumeMounts": [{"name": "agent-tmp", "mountPath": "/tmp"}],
     }
     worker_mounts = [{"name": "worker-tmp", "mountPath": "/tmp"}]
-    volumes: list[dict[str, Any]] = [{"name": "worker-tmp", "emptyDir": {}}, {"name": "agent-tmp", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "worker-tmp", "emptyDir": {}},
+                                     {"name": "agent-tmp", "emptyDir": {"sizeLimit": AGENT_TMP_SIZE}}]
     if test_set_claim:
         worker_mounts.append({"name": "test-set", "mountPath": TEST_SET_DIR, "readOnly": True})
         volumes.append({"name": "test-set", "persistentVolumeClaim": {"claimName": test_set_claim, "readOnly": True}})
@@ -170,6 +178,8 @@ def submission_manifests(
     }
     if image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in image_pull_secrets]
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
     template = {
         "metadata": {
             "labels": pod_labels,

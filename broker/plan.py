@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from broker.test_set import EnvFile, discover
-from core.challenge import Challenge, Phase, Recording, load_challenge
+from core.challenge import AgentResources, Challenge, Phase, Recording, load_challenge
 from core.episode_spec import EpisodeSpec, parse_env, selects_episode
 from core.settings import DEFAULT_ENV_SEED, DEFAULT_GYMNASIUM_SEED, FLATLAND, GYMNASIUM
 
@@ -50,6 +50,7 @@ class SubmissionPlan:
     challenge: str = ""
     phase: str = ""
     test_set: str = ""  # the test set's directory ("" for a gymnasium env)
+    agent_resources: AgentResources = AgentResources()  # what each agent may use (the local sandbox's limits)
 
     @property
     def env_id(self) -> str | None:
@@ -88,6 +89,7 @@ def make_plan(
         aggregation=scoring.aggregation,
         max_consecutive_timeouts=phase.stop_rules.max_consecutive_timeouts,
         completion_gate=phase.stop_rules.completion_gate, challenge=challenge, phase=phase.name, test_set=test_set,
+        agent_resources=phase.agent_resources,
     )
 
 

@@ -23,6 +23,8 @@ AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
 AGENT_ENDPOINT_ENV = "FLATEVAL_AGENT_ENDPOINT"
 AGENT_CURVE_KEY_ENV = "FLATEVAL_AGENT_CURVE_KEY"  # the agent's CURVE public key (Z85): encrypt the link
 REDIS_URL_ENV = "FLATEVAL_REDIS_URL"
+TEST_SET_DIR_ENV = "FLATEVAL_TEST_SET_DIR"
+"""Where a worker sees the test set, when it is mounted elsewhere than on the submitting host."""
 RECORD_DIR_ENV = "FLATEVAL_RECORD_DIR"  # a worker's record dir (docs/audit.md)
 
 FLATLAND = "flatland"
@@ -51,3 +53,7 @@ class RunSettings:
     agent_startup_timeout_s: float = 60.0
     metrics_port: int | None = None
     curve: bool = False
+    agent_cpus: float | None = None  # None: the challenge's agent resources
+    agent_memory: str | None = None
+    agent_pids: int | None = None
+    sandbox: bool = True  # False: --no-sandbox (debugging)

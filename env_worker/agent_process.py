@@ -2,7 +2,23 @@
 
 The agent runs in its own session (process group) so that stopping it also stops whatever its shell
 command spawned; its stdout and stderr go to a log file whose tail is kept with the submission.
-It never sees Redis credentials: they are stripped from its environment.
+
+With a `SandboxSpec` (what `flateval run` and `flateval worker --agent-command` always give, unless
+``--no-sandbox``) the agent is fenced in (`env_worker.sandbox`, docs/sandbox.md): its own uid when
+we are root, its own pid, mount and network namespaces (its link is then an ``ipc://`` socket in its
+private directory), cgroup limits on cores, CPU time, memory and processes, an allowlisted
+environment; it dies with its worker even when the worker is SIGKILLed. Without one it runs as we
+do, with an environment stripped of Redis credentials (a debugging mode).
+
+The sandbox API, beyond start/restart/stop:
+
+- ``sandbox_line()``: the one line saying which fences are in force here and which are not, and why;
+- ``breach() -> str | None``: after a lost episode, the limit the agent broke since the last call,
+  named for the user (``"memory limit 15 GiB exceeded"``, ``"process limit 512 reached"``);
+- ``usage(reset_peak=False) -> AgentUsage(cpu_s, peak_memory_bytes, source)``: CPU seconds (user +
+  system, every process of the agent) since it started, and its peak memory since it started or
+  since the last ``reset_peak``. Two small file reads with a cgroup: call it at an episode's start
+  (``reset_peak=True``) and end, and take ``end.cpu_since(start)``.
 """
 
 from __future__ import annotations
@@ -22,6 +38,8 @@ import zmq
 from agent_bridge import protocol as wire
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
 from env_worker.agent_link import AgentFault, AgentLink, AgentProtocolFault
+from env_worker.sandbox import NO_SANDBOX, AgentUsage, Sandbox, SandboxError, SandboxSpec
+from env_worker.sandbox.usage import session_usage
 
 OUTPUT_TAIL_CHARS = 10_000
 
@@ -96,11 +114,16 @@ class AgentProcess:
     """One agent instance started from a shell command."""
 
     def __init__(self, command: str, log_path: str | Path, bind: str | None = None, connect: str | None = None,
-                 curve: bool = False, pidfile: str | Path | None = None):
+                 curve: bool = False, pidfile: str | Path | None = None, sandbox: SandboxSpec | None = None):
         """`pidfile`, when given, gets the pid of every agent started (restarts included) once it
-        answered its handshake: whoever supervises us can kill the current agent even if we die."""
+        answered its handshake: whoever supervises us can kill the current agent even if we die.
+        `sandbox`: fence the agent in (see the module's docstring)."""
+        try:
+            self.sandbox = Sandbox(sandbox, endpoint=bind) if sandbox else None
+        except (SandboxError, OSError) as exc:
+            raise AgentStartError(f"cannot build the agent's sandbox: {exc}") from None
         if bind is None:
-            bind, connect = free_tcp_endpoint()
+            bind, connect = (self.sandbox.endpoint,) * 2 if self.sandbox else free_tcp_endpoint()
         # With `curve`, the agent gets a fresh key pair; the env side needs only its public key.
         public, secret = zmq.curve_keypair() if curve else (b"", b"")
         self.curve_public_key = public.decode() or None
@@ -123,10 +146,15 @@ class AgentProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             try:
-                self.process = subprocess.Popen(
-                    self.command, shell=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=agent_environment(self.bind, curve_secret=self._curve_secret), start_new_session=True,
-                )
+                if self.sandbox:
+                    self.process = self.sandbox.launch(self.command, self.bind, self._curve_secret, log)
+                else:
+                    self.process = subprocess.Popen(
+                        self.command, shell=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        env=agent_environment(self.bind, curve_secret=self._curve_secret), start_new_session=True,
+                    )
+            except SandboxError as exc:
+                raise AgentStartError(f"cannot start the agent in its sandbox: {exc}") from None
             except OSError as exc:
                 raise AgentStartError(f"cannot start agent command {shlex.quote(self.command)}: {exc}") from None
         if handshake:
@@ -148,7 +176,9 @@ class AgentProcess:
             if code is None:
                 return None
             last = self.output_tail(400).strip().splitlines()
-            return f"agent command exited with code {code} before answering" + (f": {last[-1]}" if last else "")
+            why = self.breach()
+            hint = f" ({why})" if why else f" ({self.sandbox.hint()})" if self.sandbox else ""
+            return f"agent command exited with code {code} before answering" + (f": {last[-1]}" if last else "") + hint
 
         def last_output() -> str:
             last = self.output_tail(400).strip().splitlines()
@@ -187,7 +217,27 @@ class AgentProcess:
         except ProcessLookupError:
             pass
         self.process.wait()
+        if self.sandbox:
+            self.sandbox.stopped()
         self.process = None
+
+    def sandbox_line(self) -> str:
+        """Which fences are in force for this agent, and which are not and why (one line)."""
+        if self.sandbox is None:
+            return NO_SANDBOX
+        return self.sandbox.report.line() if self.sandbox.report else "sandbox: not started yet"
+
+    def breach(self) -> str | None:
+        """The limit the agent broke since the last call, if any (see the module's docstring)."""
+        if self.sandbox is None:
+            return None
+        return self.sandbox.breach(self.output_tail(2000))
+
+    def usage(self, reset_peak: bool = False) -> AgentUsage:
+        """The agent's CPU seconds and peak memory so far (see the module's docstring)."""
+        if self.sandbox is not None:
+            return self.sandbox.usage(self.pid, reset_peak)
+        return session_usage(self.pid) if self.pid else AgentUsage(None, None, "none")
 
     def output_tail(self, chars: int = OUTPUT_TAIL_CHARS) -> str:
         return agent_output_tail(self.log_path, chars)

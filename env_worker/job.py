@@ -20,11 +20,10 @@ from rq import get_current_job
 from broker import reaper, stop_rules, store
 from core.episode_spec import EpisodeSpec
 from core.outcomes import STOPPED
+from core.settings import TEST_SET_DIR_ENV
 from env_worker.context import WorkerContext, current_context
 from env_worker.episode import run_episode
 
-TEST_SET_DIR_ENV = "FLATEVAL_TEST_SET_DIR"
-"""Where this worker sees the test set, when it is mounted elsewhere than on the submitting host."""
 
 WATCH_INTERVAL_S = 0.25
 """How often a running episode learns that its submission ended (cancelled, failed): one Redis
@@ -100,17 +99,18 @@ def play_episode(context: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]
     if root and episode.env_path:  # a gymnasium episode has no env file
         episode = EpisodeSpec.from_dict({**episode.as_dict(), "env_path": str(Path(root) / episode.env_file)})
     pair = context.agent
+    # The lease lasts until the agent is ready for the next episode: a slow restart is no dead worker.
     with SubmissionWatch(conn, sid, record.deadline_at, job.id, pair.name) as watch:
         result = run_episode(episode, pair.link, context.observers, stop=watch)
-    if result.outcome == STOPPED:
-        stop_rules.check_deadline(conn, sid, record.deadline_at)
-    else:
-        row = {**result.as_dict(), "index": episode.index, "episode_id": episode.episode_id, "worker": pair.name}
-        state, streak = store.record_result(conn, sid, episode.index, row)
-        stop_rules.after_result(conn, sid, episode.test, state, streak)
+        if result.outcome == STOPPED:
+            stop_rules.check_deadline(conn, sid, record.deadline_at)
+        else:
+            row = {**result.as_dict(), "index": episode.index, "episode_id": episode.episode_id, "worker": pair.name}
+            state, streak = store.record_result(conn, sid, episode.index, row)
+            stop_rules.after_result(conn, sid, episode.test, state, streak)
+        tail = pair.output_tail()
+        if tail is not None:
+            store.save_agent_log(conn, sid, pair.name, tail)
+        pair.after_episode(result, episode.step_timeout_s)
     reaper.drop_lease(conn, job.id)
-    tail = pair.output_tail()
-    if tail is not None:
-        store.save_agent_log(conn, sid, pair.name, tail)
-    pair.after_episode(result, episode.step_timeout_s)
     return {"outcome": result.outcome, "normalized_return": result.normalized_return}

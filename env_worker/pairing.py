@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import socket
 
-from core.outcomes import LOST_BY_AGENT
+from core.outcomes import AGENT_ERROR, LOST_BY_AGENT
 from core.settings import AGENT_CURVE_KEY_ENV, AGENT_ENDPOINT_ENV
 from env_worker.agent_link import AgentLink
 from env_worker.agent_process import AgentProcess
+from env_worker.observers import EpisodeObserver
 from scoring.episode import EpisodeResult
 
 
@@ -43,6 +44,15 @@ class PairedAgent:
             self._link = AgentLink(self.endpoint, curve_server_key=self.curve_server_key)
         return self._link
 
+    def name_breach(self, result: EpisodeResult) -> None:
+        """An episode lost by an agent that broke a sandbox limit is an `agent_error` naming the
+        limit ("memory limit 15 GiB exceeded (agent disconnected ...)"). The counters are read
+        after every episode, so a breach is never blamed on a later one."""
+        cause = self.process.breach() if self.process is not None else None
+        if cause is not None and result.outcome in LOST_BY_AGENT:
+            result.outcome = AGENT_ERROR
+            result.error = f"{cause} ({result.error})" if result.error else cause
+
     def after_episode(self, result: EpisodeResult, step_timeout_s: float) -> None:
         """After an episode the agent lost, tell it at once; its answer doubles as a ping. Restart it
         (when it is ours) only if it is dead or did not answer within one step deadline: a hang then
@@ -54,6 +64,8 @@ class PairedAgent:
             self.link.drop_notice()  # the new process never saw that episode
             self.link.reset()
             self.process.restart(self.startup_timeout_s)
+            if self._link is not None:  # a fresh socket: none of the dead agent's reconnect back-off
+                self._link.reset()
 
     def output_tail(self) -> str | None:
         return self.process.output_tail() if self.process else None
@@ -64,3 +76,14 @@ class PairedAgent:
             self._link = None
         if self.process is not None:
             self.process.stop()
+
+
+class BreachNamer(EpisodeObserver):
+    """Names in an episode's record the sandbox limit its agent broke (`PairedAgent.name_breach`);
+    hung first on the loop, so that metrics and recordings see the named outcome."""
+
+    def __init__(self, agent: PairedAgent) -> None:
+        self.agent = agent
+
+    def episode_ended(self, result: EpisodeResult) -> None:
+        self.agent.name_breach(result)

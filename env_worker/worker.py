@@ -13,6 +13,7 @@ import logging
 from importlib import import_module
 import os
 import socket
+import sys
 import time
 from typing import Callable
 
@@ -31,6 +32,7 @@ from env_worker.agent_slots import NoFreeSlot, claim_slot
 from env_worker.context import WorkerContext, job_context
 from env_worker.flatland_env import warm_up
 from env_worker.pairing import PairedAgent
+from env_worker.sandbox import SandboxSpec
 
 
 IDLE_POLL_S = 0.5
@@ -114,11 +116,13 @@ def run_worker(
     curve: bool = False,
     curve_server_key: str | None = None,
     record_dir: str | None = None,
+    sandbox: SandboxSpec | None = None,
 ) -> None:
     """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped.
 
     An `agent_endpoint` with ``{slot}`` in it is a template: the worker claims a free slot in Redis
-    (see `env_worker.agent_slots`) and pairs with that agent.
+    (see `env_worker.agent_slots`) and pairs with that agent. A started agent is fenced in by
+    `sandbox` (None: not at all); the line saying how goes to stderr once it runs.
     """
     try:
         conn = connect(redis_url)
@@ -135,8 +139,11 @@ def run_worker(
         agent_endpoint = agent_endpoint.format(slot=lease.slot)
     process = None
     if agent_command:
-        process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
-                               connect=agent_endpoint, curve=curve, pidfile=pidfile)
+        try:
+            process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
+                                   connect=agent_endpoint, curve=curve, pidfile=pidfile, sandbox=sandbox)
+        except AgentStartError as exc:
+            raise WorkerStartError(str(exc)) from None
     endpoint = process.endpoint if process else agent_endpoint
     if not endpoint:
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
@@ -153,6 +160,7 @@ def run_worker(
             if process:
                 process.wait_ready(startup_timeout_s)
                 process.mark_ready()
+                print(process.sandbox_line(), file=sys.stderr, flush=True)
             else:  # someone else's agent (a sidecar): take no episode before it answers
                 wait_for_handshake(endpoint, startup_timeout_s, curve_server_key)
         except AgentStartError as exc:

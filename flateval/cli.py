@@ -71,6 +71,32 @@ def challenge_options(command):
     return command
 
 
+def sandbox_options(command):
+    """--agent-cpus, --agent-memory, --agent-pids and --no-sandbox, shared by `run` and `worker`."""
+    for option in reversed([
+        click.option("--agent-cpus", type=click.FloatRange(min=0, min_open=True),
+                     help="Cores for each agent: a cpuset of that many and a CPU quota (default: the challenge's)."),
+        click.option("--agent-memory", help="Memory for each agent, e.g. 15Gi or 512Mi (default: the challenge's)."),
+        click.option("--agent-pids", type=click.IntRange(min=8),
+                     help="Processes and threads each agent may have at once (default: 512)."),
+        click.option("--no-sandbox", is_flag=True,
+                     help="Run agents as plain child processes: flateval's user, network and files, no limits "
+                          "(debugging only)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _sandbox_spec(cpus: float | None, memory: str | None, pids: int | None, **rest: Any):
+    """The agents' fences from the options (click checked the numbers; the size is one line if bad)."""
+    from env_worker.sandbox import SandboxSpec
+
+    try:
+        return SandboxSpec.from_options(cpus, memory, pids, **rest)
+    except ValueError as exc:
+        raise CliError(f"--agent-memory: {exc}") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flateval")
 def main() -> None:
@@ -165,11 +191,13 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 @click.option("--curve", is_flag=True, help="Encrypt every worker-agent link with CurveZMQ (fresh keys per pair).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Also write the submission's report here: one self-contained HTML page.")
+@sandbox_options
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
         challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
         overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
         record_dir: str | None, agent_startup_timeout: float, metrics_port: int | None, curve: bool,
-        report_file: str | None) -> None:
+        report_file: str | None, agent_cpus: float | None, agent_memory: str | None, agent_pids: int | None,
+        no_sandbox: bool) -> None:
     """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score."""
     from broker.plan import PlanError
     from broker.test_set import TestSetError
@@ -182,14 +210,18 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                                output=output, seed=seed, env=env, episodes=episodes, challenge=challenge, phase=phase,
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                                overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout,
-                               metrics_port=metrics_port, curve=curve)
+                               metrics_port=metrics_port, curve=curve, agent_cpus=agent_cpus, agent_memory=agent_memory,
+                               agent_pids=agent_pids, sandbox=not no_sandbox)
+    if not no_sandbox:
+        _sandbox_spec(agent_cpus, agent_memory, agent_pids)  # a bad size is one line before anything starts
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes, seed=seed,
                         planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                         overall_timeout_s=overall_timeout, default_test_set=BUNDLED_TEST_SET, record_dir=record_dir)
         with ProgressView() as view:
-            document = run_local(settings, plan, on_progress=view.update)
+            document = run_local(settings, plan, on_progress=view.update,
+                                 on_notice=lambda line: click.echo(line, err=True))
     except (RunError, TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
@@ -230,12 +262,29 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
 @click.option("--record", "record_dir", type=click.Path(file_okay=False), metavar="DIR", envvar=cfg.RECORD_DIR_ENV,
               help="Record every episode this worker plays under DIR; also where it sees the record dir "
                    "submissions name (a shared volume). Env: FLATEVAL_RECORD_DIR.")
+@sandbox_options
+@click.option("--agent-hide", multiple=True, hidden=True, help="A path the started agent must not see.")
+@click.option("--agent-cpu-offset", type=click.IntRange(min=0), hidden=True,
+              help="Where among this worker's cores the agent's start (default: the least used).")
 def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
            agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
            startup_timeout: float, metrics_port: int | None, agent_slots: int | None, curve: bool,
-           agent_curve_key: str | None, record_dir: str | None) -> None:
-    """Run an env worker paired with one agent (without --queue: every open submission's queue)."""
+           agent_curve_key: str | None, record_dir: str | None, agent_cpus: float | None, agent_memory: str | None,
+           agent_pids: int | None, no_sandbox: bool, agent_hide: tuple[str, ...], agent_cpu_offset: int | None) -> None:
+    """Run an env worker paired with one agent (without --queue: every open submission's queue).
+
+    An agent it starts (--agent-command) is sandboxed with neurips2020's agent resources unless
+    --agent-cpus/--agent-memory say otherwise."""
+    from env_worker.sandbox.launcher import LIFELINE_ENV, die_with_parent
+
+    if os.environ.get(LIFELINE_ENV):  # started by `flateval run`: never outlive it, even SIGKILLed
+        die_with_parent(int(os.environ.pop(LIFELINE_ENV)))
     queues = tuple(q for item in queues for q in item.split())
+    from flateval.planning import BUNDLED_TEST_SET
+
+    sandbox = None if no_sandbox or not agent_command else _sandbox_spec(
+        agent_cpus, agent_memory, agent_pids, cpu_offset=agent_cpu_offset,
+        hide=(*agent_hide, str(BUNDLED_TEST_SET.parent)))  # every bundled test set
     if metrics_port:
         _serve_episode_metrics(metrics_port)
     from env_worker.worker import WorkerStartError, run_worker
@@ -246,7 +295,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
         run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
                    agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
                    pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key,
-                   record_dir=str(Path(record_dir).resolve()) if record_dir else None)
+                   record_dir=str(Path(record_dir).resolve()) if record_dir else None, sandbox=sandbox)
     except WorkerStartError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
@@ -486,10 +535,11 @@ def render(directory: str, selection: tuple[str, ...], fmt: str) -> None:
 @click.option("--record-claim", help="PVC every episode is recorded into (default: flateval-recordings); '' to "
                                    "record only what the submission asks for.")
 @click.option("--image-pull-secret", "image_pull_secrets", multiple=True)
+@click.option("--runtime-class", help="Run the pod under this RuntimeClass, e.g. gvisor (deploy/k8s/overlays/gvisor).")
 def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, worker_image: str | None,
                   challenge: str | None, phase: str | None, cpu: str | None, memory: str | None, max_replicas: int,
                   grace_s: int | None, test_set_claim: str | None, record_claim: str | None,
-                  image_pull_secrets: tuple[str, ...]) -> None:
+                  image_pull_secrets: tuple[str, ...], runtime_class: str | None) -> None:
     """Print one submission's Kubernetes objects (a KEDA ScaledJob): pipe into `kubectl apply -f -`."""
     from broker import k8s_manifests as k8s
     from core.challenge import ChallengeError, load_challenge
@@ -508,7 +558,8 @@ def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, w
             submission_id, agent_image, cpu=cpu or f"{chosen.agent_resources.cpu:g}",
             memory=memory or chosen.agent_resources.memory, max_replicas=max_replicas,
             grace_s=grace_s if grace_s is not None else k8s.episode_bound_s(chosen.time_limits),
-            image_pull_secrets=image_pull_secrets, **{k: v for k, v in given.items() if v is not None})
+            image_pull_secrets=image_pull_secrets, runtime_class=runtime_class,
+            **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     click.echo(k8s.to_yaml(objects), nl=False)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ from broker.embedded_redis import RedisServer, RedisStartError, start_redis
 from broker.exporter import MULTIPROC_ENV, metrics_registry, serve_metrics
 from broker.plan import SubmissionPlan
 from broker.results import results_document
-from core.settings import RunSettings
+from core.settings import REDIS_URL_ENV, RunSettings
 from env_worker.agent_process import agent_output_tail
 
 POLL_S = 0.1
@@ -61,6 +62,8 @@ class LocalCluster:
     redis_server: RedisServer | None = None
     metrics_server: object | None = None
     pairs: list[_Pair] = field(default_factory=list)
+    agent_args: list[str] = field(default_factory=list)  # every worker's sandbox options
+    agent_cores: int = 0  # cores per agent: pair i's start at i x this (0: no sandbox)
 
     @property
     def metrics_dir(self) -> Path:
@@ -125,19 +128,55 @@ def _spawn_pair(cluster: LocalCluster, settings: RunSettings, redis_url: str, qu
                 generation: int = 0) -> _Pair:
     """One `flateval worker` that starts and supervises one agent; it writes the agent's pid to
     its pidfile once the agent answered its handshake (our readiness signal)."""
+    from env_worker.sandbox.launcher import LIFELINE_ENV
+
     tag = f"pair-{index}" + (f"-r{generation}" if generation else "")
     log = cluster.run_dir / f"{tag}.worker.log"
     pidfile = cluster.run_dir / f"{tag}.agent.pid"
     agent_log = cluster.run_dir / f"pair-{index}.agent.log"
     name = f"{tag}-{queue}"
-    args = [sys.executable, "-m", "flateval", "worker", "--redis", redis_url, "--queue", queue,
+    args = [sys.executable, "-m", "flateval", "worker", "--queue", queue,
             "--agent-command", settings.agent_command, "--agent-log", str(agent_log),
             "--agent-pidfile", str(pidfile), "--name", name,
             "--startup-timeout", str(settings.agent_startup_timeout_s)] + (["--curve"] if settings.curve else [])
-    env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir), **agent_spin_env(settings.workers)}
+    args += cluster.agent_args + (["--agent-cpu-offset", str(index * cluster.agent_cores)] if cluster.agent_cores else [])
+    # the Redis URL by environment, not on a command line that any process may read in /proc
+    env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir), **agent_spin_env(settings.workers),
+           REDIS_URL_ENV: redis_url, LIFELINE_ENV: str(os.getpid())}
     with open(log, "wb") as out:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     return _Pair(index, process, log, pidfile, name, agent_log, generation)
+
+
+def sandbox_args(settings: RunSettings, plan: SubmissionPlan, run_dir: Path) -> tuple[list[str], int]:
+    """The workers' sandbox options: the challenge's agent resources with the run's overrides, the
+    run directory and the test set hidden; and the cores each agent gets (0 without a sandbox)."""
+    if not settings.sandbox:
+        return ["--no-sandbox"], 0
+    cpus = settings.agent_cpus if settings.agent_cpus is not None else plan.agent_resources.cpu
+    args = ["--agent-cpus", f"{cpus:g}", "--agent-memory", settings.agent_memory or plan.agent_resources.memory,
+            "--agent-hide", str(run_dir)]
+    if settings.agent_pids is not None:
+        args += ["--agent-pids", str(settings.agent_pids)]
+    for private in (plan.test_set, plan.template.record_dir):  # the test set, the recordings
+        if private:
+            args += ["--agent-hide", private]
+    return args, math.ceil(cpus)
+
+
+def _sandbox_line(log: Path, timeout_s: float = 5.0) -> str | None:
+    """The line a worker prints once its agent runs, saying which fences are in force."""
+    from env_worker.sandbox.report import PREFIX
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(PREFIX)]
+        except FileNotFoundError:
+            found = []
+        if found or time.monotonic() > deadline:
+            return found[0] if found else None
+        time.sleep(POLL_S)  # the worker prints it right after writing the pidfile we waited for
 
 
 def agent_spin_env(workers: int) -> dict[str, str]:
@@ -179,10 +218,11 @@ def _respawn_dead_pairs(cluster: LocalCluster, settings: RunSettings, redis_url:
 
 
 def run_local(settings: RunSettings, plan: SubmissionPlan,
-              on_progress: Callable[[list[dict], store.Submission], None] | None = None) -> dict:
+              on_progress: Callable[[list[dict], store.Submission], None] | None = None,
+              on_notice: Callable[[str], None] | None = None) -> dict:
     """Evaluate one submission (`flateval.planning.plan_run`) on a local cluster; return the results
     document. `on_progress` gets the results so far and the submission's record whenever a result
-    arrives."""
+    arrives; `on_notice` the line saying how the agents are sandboxed, once they run."""
     cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="flateval-run-")))
     try:
         if settings.redis_url:
@@ -199,8 +239,12 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
             cluster.metrics_server = server
         sid = submit.create(conn, plan, agent_command=settings.agent_command, workers=settings.workers)
         queue = store.queue_name(sid)
+        cluster.agent_args, cluster.agent_cores = sandbox_args(settings, plan, cluster.run_dir)
         _start_pairs(cluster, settings, redis_url, queue)
         _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
+        line = _sandbox_line(cluster.pairs[0].log)
+        if on_notice and line:
+            on_notice(line)
 
         specs = submit.episode_specs(sid, plan)
         started = time.time()

@@ -45,6 +45,15 @@ def slow_agent(tmp_path: Path, delay: float = 0.005) -> tuple[str, str]:
     return f"{sys.executable} {script}", token
 
 
+@pytest.fixture(autouse=True)
+def agents_may_use_tmp_path(request):
+    """`flateval run`/`worker` start agents as a user of their own when root: the scripts and marker
+    files a test keeps in its tmp_path must be theirs to read and write (the directories above it
+    are made passable for them by the sandbox, which exposes the directories a command names)."""
+    if "tmp_path" in request.fixturenames:
+        request.getfixturevalue("tmp_path").chmod(0o777)
+
+
 @pytest.fixture(scope="session")
 def small_test_set(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small")

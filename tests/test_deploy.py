@@ -425,7 +425,7 @@ def all_objects() -> list[tuple[str, dict[str, Any]]]:
         k8s.submission_manifests("20260101-000000-aaaaaa", "agent:1"),
         k8s.submission_manifests("x1", "ghcr.io/team/agent@sha256:" + "a" * 64, namespace="eval", cpu="2",
                                  memory="7Gi", max_replicas=3, grace_s=600, test_set_claim=None,
-                                 image_pull_secrets=["regcred"]),
+                                 image_pull_secrets=["regcred"], runtime_class="gvisor"),
     ]
     for objects in variants:
         found += [("submission_manifests()", o) for o in objects]
@@ -539,7 +539,7 @@ def test_overlays_build_and_validate_with_kubectl_kustomize_when_available(overl
     assert built.returncode == 0, built.stderr
     objects = [o for o in yaml.safe_load_all(built.stdout) if o]
     for obj in objects:
-        assert obj["kind"] == "Namespace" or obj["metadata"]["namespace"] == "flateval", obj["metadata"]
+        assert obj["kind"] in ("Namespace", "RuntimeClass") or obj["metadata"]["namespace"] == "flateval", obj["metadata"]
         if obj["apiVersion"].startswith("keda.sh/"):
             if obj["kind"] == "ScaledJob":
                 validate_strict(kv, f"kustomize {overlay.name}", as_job(obj))
@@ -554,6 +554,11 @@ def test_overlays_build_and_validate_with_kubectl_kustomize_when_available(overl
                   for c in o["spec"]["template"]["spec"]["containers"]}
         assert images == {"registry.example.com/flateval/exporter:0.1.0"}
         assert ("ScaledJob", f"flateval-{EXAMPLE_SID}") in kinds
+    if overlay.name == "gvisor":  # every evaluation pod under gVisor's runsc
+        (runtime,) = [o for o in objects if o["kind"] == "RuntimeClass"]
+        assert runtime["handler"] == "runsc" and "namespace" not in runtime["metadata"]
+        pods = [o["spec"]["jobTargetRef"]["template"]["spec"] for o in objects if o["kind"] == "ScaledJob"]
+        assert pods and all(pod["runtimeClassName"] == runtime["metadata"]["name"] for pod in pods)
     if overlay.name == "managed-redis":
         assert not {k for k, name in kinds if name == "flateval-redis"} - {"TriggerAuthentication"}
         policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
@@ -594,6 +599,15 @@ def test_submission_workload_pairs_the_agent_with_its_worker_safely():
                for e in agent["env"])
     assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
     assert not spec.get("shareProcessNamespace") and not spec.get("hostNetwork")
+    # fenced in: the restricted profile, a read-only root, and a size-limited /tmp (its HOME) to write in
+    assert agent["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                        "runAsNonRoot": True, "readOnlyRootFilesystem": True,
+                                        "seccompProfile": {"type": "RuntimeDefault"}}
+    (tmp,) = [v for v in spec["volumes"] if v["name"] == agent["volumeMounts"][0]["name"]]
+    assert agent["volumeMounts"] == [{"name": tmp["name"], "mountPath": "/tmp"}]
+    assert tmp["emptyDir"]["sizeLimit"] == k8s.AGENT_TMP_SIZE
+    assert {"name": "HOME", "value": "/tmp"} in agent["env"]
+    assert "runtimeClassName" not in spec  # gVisor is the overlay's (or --runtime-class's) choice
     bind = next(e["value"] for e in agent["env"] if e["name"] == "FLATEVAL_AGENT_BIND")
     assert bind.startswith("tcp://127.0.0.1:")  # nothing outside the pod can reach the agent
 
@@ -656,6 +670,11 @@ def test_the_overlay_example_is_the_functions_output_and_the_cli_prints_it():
     printed = CliRunner().invoke(main, ["k8s-manifests", EXAMPLE_SID, EXAMPLE_AGENT, "--worker-image", EXAMPLE_WORKER])
     assert printed.exit_code == 0, printed.output
     assert [o for o in yaml.safe_load_all(printed.output) if o] == expected
+    gvisor = k8s.submission_manifests(EXAMPLE_SID, EXAMPLE_AGENT, runtime_class="gvisor")
+    assert gvisor[0]["spec"]["jobTargetRef"]["template"]["spec"]["runtimeClassName"] == "gvisor"
+    printed = CliRunner().invoke(main, ["k8s-manifests", EXAMPLE_SID, EXAMPLE_AGENT, "--runtime-class", "gvisor"])
+    assert printed.exit_code == 0, printed.output
+    assert [o for o in yaml.safe_load_all(printed.output) if o] == gvisor
     for bad in ("Upper-Case", "a_b", "-x", "x" * 60):
         with pytest.raises(ValueError):
             k8s.submission_manifests(bad, EXAMPLE_AGENT)

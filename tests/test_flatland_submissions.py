@@ -59,13 +59,11 @@ def client_command(freeze: str | None = None) -> str:
     return f"{prefix}exec {sys.executable} -m agent_bridge.flatland_remote {CLIENT_SCRIPT}"
 
 
-def flateval_run(tmp_path: Path, test_set: Path, agent: str, *extra: str, normalization: str = "seed",
-                 cwd: Path | None = None) -> dict:
+def flateval_run(tmp_path: Path, test_set: Path, agent: str, *extra: str, normalization: str = "seed") -> dict:
     out = tmp_path / f"results-{len(list(tmp_path.glob('results-*')))}.json"
     args = ["run", "--agent", agent, "--test-set", str(test_set), "--challenge", challenge(tmp_path, normalization),
             "--output", str(out), *extra]
-    done = subprocess.run([sys.executable, "-m", "flateval", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+    done = subprocess.run([sys.executable, "-m", "flateval", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text())
 
@@ -145,9 +143,8 @@ def test_a_policy_class_scores_as_flatlands_policy_runner(malfunction_set, tmp_p
     """`python -m agent_bridge.flatland_policy` against `flatland-trajectory-generate-from-metadata
     --post-seed 1001`, flatland's offline evaluation of the same Policy class."""
     policy = ["--policy", "tree_policy.ClosestBranchPolicy", "--obs-builder", "tree_policy.TreeObs"]
-    document = flateval_run(tmp_path, malfunction_set,
-                            f"{sys.executable} -m agent_bridge.flatland_policy {' '.join(policy)}", "--workers", "2",
-                            normalization="flatland", cwd=SUBMISSIONS)
+    document = flateval_run(tmp_path, malfunction_set, f"PYTHONPATH={SUBMISSIONS} {sys.executable} -m "
+                            f"agent_bridge.flatland_policy {' '.join(policy)}", "--workers", "2", normalization="flatland")
     runner = Path(sys.executable).parent / "flatland-trajectory-generate-from-metadata"
     data = tmp_path / "trajectories"
     data.mkdir()

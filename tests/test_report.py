@@ -66,6 +66,7 @@ def evaluation(small_test_set, redis_url, tmp_path_factory) -> dict[str, Any]:
     """`flateval run --output --report` on 5 envs: 2 completed, a timeout, an agent error, an env error.
     On the session's Redis, so the submission can be reported on by its id too."""
     root = tmp_path_factory.mktemp("report")
+    root.chmod(0o777)  # the sandboxed agents run as a user of their own (see tests/conftest.py)
     test_set = root / "set"
     shutil.copytree(small_test_set, test_set)
     (test_set / "Test_2").mkdir()

@@ -1,0 +1,317 @@
+"""One agent's sandbox, as `env_worker.agent_process.AgentProcess` uses it.
+
+A `Sandbox` lives as long as its `AgentProcess`: it owns a private directory (``ipc/``, the agent's
+link, stable across restarts; ``home/``, its working directory, HOME and TMPDIR, emptied at every
+start) and, when flateval runs as root, a uid of its own, with no passwd entry, no groups and no
+file anywhere but its home. Each start makes a fresh cgroup, runs `env_worker.sandbox.launcher`
+and keeps the `Report` of what is in force; each stop kills what is left in the cgroup and removes it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import itertools
+import marshal
+import os
+import select
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from core.settings import TEST_SET_DIR_ENV
+from env_worker.sandbox import cgroups, launcher
+from env_worker.sandbox.environment import sandboxed_environment
+from env_worker.sandbox.report import Report
+from env_worker.sandbox.spec import SandboxSpec, format_bytes, format_cores
+from env_worker.sandbox.usage import AgentUsage, session_usage
+
+AGENT_UID_BASE = 1_800_000_000
+"""Agent uids are this plus 16 x the worker's pid plus a counter: unique among the live workers of
+a machine, far above any real user's, below 2^31."""
+
+REPORT_TIMEOUT_S = 10.0
+_counter = itertools.count()
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be built; the message is one line for the user."""
+
+
+def agents_dir() -> Path:
+    """The parent of every agent's private directory on this machine, flateval's own (0711 as root:
+    an agent may pass through to its own directory but list nothing)."""
+    root = Path(tempfile.gettempdir())
+    if len(str(root)) > 40:  # keep ipc:// paths far below the 107 bytes a unix socket path may have
+        root = Path("/tmp")
+    euid = os.geteuid()
+    path = root / ("flateval-agents" if euid == 0 else f"flateval-agents-{euid}")
+    mode = 0o711 if euid == 0 else 0o700
+    try:
+        path.mkdir(mode=mode)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != euid or info.st_mode & 0o022:
+        raise SandboxError(f"{path} is not flateval's (owner uid {info.st_uid}, mode {oct(info.st_mode)}): remove it")
+    os.chmod(path, mode)
+    return path
+
+
+def remove_stale_dirs(parent: Path) -> None:
+    """Private directories of agents whose worker was killed (named <worker pid>-<random>)."""
+    for path in parent.iterdir():
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and not cgroups.alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_stale_removed = False
+
+
+def always_hidden() -> list[str]:
+    """Hidden from every agent: the test set a worker is told of, and /run (the host's service
+    sockets: a unix socket needs no network). The command line adds the bundled test sets."""
+    paths = ["/run"]
+    if os.environ.get(TEST_SET_DIR_ENV):
+        paths.append(os.environ[TEST_SET_DIR_ENV])
+    return paths
+
+
+def absolute_command(command: str, cwd: str | None = None) -> str:
+    """`command` with its relative paths made absolute (against `cwd`, default ours), since the agent
+    starts in its own directory: ``.venv/bin/python my_agent.py`` runs as before. Only a plain list of
+    words is rewritten (no shell operators, variables or quotes to keep); a word is a path when it
+    names something that exists, is no option, is not the module after ``-m``, and, for the program
+    itself, has a slash (``python`` is looked up in PATH, not here)."""
+    cwd = cwd or os.getcwd()
+    if any(c in command for c in "|&;<>()$`\\\"'*?[]{}~\n"):
+        return command
+    words = command.split()
+    program = next((i for i, w in enumerate(words) if "=" not in w), 0)
+    out = []
+    for i, word in enumerate(words):
+        relative = not word.startswith(("-", "/")) and "=" not in word and (i == 0 or words[i - 1] != "-m")
+        if relative and (i != program or "/" in word) and os.path.exists(os.path.join(cwd, word)):
+            word = shlex.quote(os.path.abspath(os.path.join(cwd, word)))
+        out.append(word)
+    return " ".join(out)
+
+
+def needed_paths(command: str, env: dict[str, str]) -> list[str]:
+    """What an agent with a uid of its own must be able to reach: the Python running us (often in a
+    0700 home, e.g. pyenv's), agent_bridge, the directories the command and PYTHONPATH name."""
+    import agent_bridge
+
+    candidates = [os.path.dirname(os.path.realpath(sys.executable)), sys.base_prefix, sys.prefix, sys.exec_prefix,
+                  str(Path(agent_bridge.__file__).resolve().parent.parent)]
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    candidates += [w for w in words if w.startswith("/")]
+    candidates += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p.startswith("/")]
+    found = []
+    for path in map(os.path.realpath, candidates):
+        if os.path.isfile(path):
+            path = os.path.dirname(path)
+        if os.path.isdir(path) and path not in found:
+            found.append(path)
+    return found
+
+
+class Sandbox:
+    def __init__(self, spec: SandboxSpec, endpoint: str | None = None) -> None:
+        """`endpoint`: where the agent must listen, when someone else decided (then a TCP endpoint
+        keeps the agent in the host's network); default: an ipc:// socket in its private directory."""
+        global _stale_removed
+        self.spec = spec
+        self.uid = AGENT_UID_BASE + os.getpid() * 16 + next(_counter) % 16 if os.geteuid() == 0 else None
+        parent = agents_dir()
+        if not _stale_removed:
+            _stale_removed = True
+            remove_stale_dirs(parent)
+            cgroups.remove_stale()
+        self.agents_dir = parent
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
+        atexit.register(shutil.rmtree, self.dir, True)
+        self.home = self.dir / "home"
+        ipc = self.dir / "ipc"
+        self._private(ipc)
+        if self.uid is not None:
+            os.chmod(self.dir, 0o711)
+        self.endpoint = endpoint or f"ipc://{ipc}/agent.sock"
+        self.cores = spec.cores(cgroups.cores_in_use())
+        self.cgroup: cgroups.AgentCgroup | None = None
+        self.report: Report | None = None
+        self._events_seen: dict[str, int] = {}
+        self._rlimits: dict[str, int] = {}
+
+    def _private(self, path: Path) -> None:
+        path.mkdir(mode=0o700)
+        if self.uid is not None:
+            os.chown(path, self.uid, self.uid)
+
+    def _fresh_home(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
+        self._private(self.home)
+        self._private(self.home / "tmp")
+
+    # ------------------------------------------------------------------------ start
+
+    def _limits(self, report: Report) -> None:
+        """Make the agent's cgroup and write its limits; what cannot be had falls back to rlimits."""
+        spec = self.spec
+        self.cgroup = cgroups.AgentCgroup(cgroups.cgroup_name())
+        self._events_seen = {}
+        self._rlimits = {}
+
+        def attempt(key: str, apply, detail) -> bool:
+            try:
+                source = apply()
+            except OSError as exc:
+                report.put(key, reason=exc.strerror or str(exc))
+                return False
+            report.put(key, detail(source))
+            return True
+
+        cores = format_cores(self.cores) + (f" of {spec.cpus:g} asked" if len(self.cores) < spec.cpus else "")
+        attempt("cpus", lambda: self.cgroup.limit_cores(self.cores), lambda s: f"{cores} (cpuset)")
+        attempt("quota", lambda: self.cgroup.limit_cpu(spec.cpus),
+                lambda s: f"{spec.cpus:g} cpu{'' if spec.cpus == 1 else 's'} ({s})")
+        memory = format_bytes(spec.memory_bytes)
+        if not attempt("memory", lambda: self.cgroup.limit_memory(spec.memory_bytes), lambda s: f"{memory} ({s})"):
+            self._rlimits["AS"] = spec.memory_bytes
+        if not attempt("pids", lambda: self.cgroup.limit_pids(spec.pids), lambda s: f"{spec.pids} ({s})") \
+                and self.uid is not None:
+            self._rlimits["NPROC"] = spec.pids  # counted per uid: this agent's processes only
+
+    def launch(self, command: str, bind: str, curve_secret: str | None, log: BinaryIO) -> subprocess.Popen:
+        """Start `command` fenced in; returns the launcher's process (the agent, as its supervisor
+        sees it). Raises `SandboxError` when the launcher cannot build the sandbox."""
+        self._fresh_home()
+        command = absolute_command(command)
+        report = Report()
+        self._limits(report)
+        env = sandboxed_environment(bind, str(self.home), len(self.cores), curve_secret)
+        status_read, status_write = os.pipe()
+        config = {
+            "parent": os.getpid(), "command": command, "home": str(self.home), "uid": self.uid, "gid": self.uid,
+            "network": self.endpoint.startswith("ipc://"), "agents_dir": str(self.agents_dir),
+            "own_dir": str(self.dir), "hide": [*always_hidden(), *self.spec.hide], "status_fd": status_write,
+            "cgroup_procs": self.cgroup.procs_files(), "cpus": self.cores, "rlimits": self._rlimits,
+            "reachable": needed_paths(command, env) if self.uid is not None else [],
+        }
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", launcher.__file__, marshal.dumps(config).hex()], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, pass_fds=(status_write,))
+        except OSError:
+            os.close(status_read)
+            self.stopped()
+            raise
+        finally:
+            os.close(status_write)
+        try:
+            launched = self._read_status(status_read)
+        finally:
+            os.close(status_read)
+        if "error" in launched or "on" not in launched:
+            process.kill()
+            process.wait()
+            self.stopped()
+            raise SandboxError(launched.get("error") or "the sandbox launcher exited before starting the agent")
+        self.report = self._compose(report, launched["on"], launched["off"])
+        return process
+
+    @staticmethod
+    def _read_status(fd: int) -> dict:
+        """The launcher's status (a marshalled dict), read until its write end closes: the agent's
+        exec, or the launcher's end."""
+        deadline = time.monotonic() + REPORT_TIMEOUT_S
+        data = b""
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                data += chunk
+        try:
+            return marshal.loads(data) if data else {}
+        except (EOFError, ValueError, TypeError):
+            return {"error": "the sandbox launcher's status is garbled"}
+
+    def _compose(self, report: Report, on: dict, off: dict) -> Report:
+        """The start's report: our cgroup limits, corrected by what the launcher achieved."""
+        if self.uid is None:
+            report.put("user", reason=f"flateval runs as {getpass.getuser()}, not root: the agent runs as that user")
+        else:
+            report.put("user", str(self.uid) if "user" in on else None, "the uid was not changed")
+        if not self.endpoint.startswith("ipc://"):
+            report.put("netns", reason=f"the agent must listen on {self.endpoint}")
+        else:
+            report.put("netns", f"({on['netns']})" if on.get("netns") else "" if "netns" in on else None,
+                       off.get("netns"))
+        report.put("pidns", "(dies with its worker)" if on.get("pid1") else None,
+                   off.get("pidns") or "the agent is not PID 1 of its own pid namespace")
+        partial = "; ".join(f"{key} failed: {off[key]}" for key in ("proc", "reachable", "hide", "shm") if key in off)
+        report.put("mounts", f"({on['mounts']}{'; ' + partial if partial else ''})" if "mounts" in on else None,
+                   off.get("mounts") or off.get("mountns"))
+        if "cgroups" in off:  # the limits were written but the agent is not in the cgroup
+            for key in ("cpus", "quota", "memory", "pids"):
+                if key in report.on:
+                    report.put(key, reason=f"cannot join the cgroup: {off['cgroups']}")
+        if "cpus" not in report.on:
+            widen = f"affinity {format_cores(on['affinity'])} only, which an agent may widen: " if "affinity" in on else ""
+            report.put("cpus", reason=widen + report.off.get("cpus", ""))
+        if "rlimit_as" in on and "memory" not in report.on:
+            report.put("memory", f"{format_bytes(self.spec.memory_bytes)} (RLIMIT_AS, per process)")
+        if "rlimit_nproc" in on and "pids" not in report.on:
+            report.put("pids", f"{self.spec.pids} (RLIMIT_NPROC)")
+        report.put("dir", "(private)")
+        report.put("env", "(allowlist)")
+        return report
+
+    # ------------------------------------------------------------------------ while it runs
+
+    def breach(self, output: str = "") -> str | None:
+        """The limit the agent broke since the last call (or its start), named for the user; `output`:
+        the tail of its log (under RLIMIT_AS a breach is a MemoryError there)."""
+        events = self.cgroup.events() if self.cgroup else {}
+        new = {key: value - self._events_seen.get(key, 0) for key, value in events.items()}
+        self._events_seen = events
+        if new.get("oom_kill"):
+            return f"memory limit {format_bytes(self.spec.memory_bytes)} exceeded"
+        if new.get("pids_max"):
+            return f"process limit {self.spec.pids} reached"
+        if "AS" in self._rlimits and "MemoryError" in output[-2000:]:
+            return f"memory limit {format_bytes(self.spec.memory_bytes)} exceeded (RLIMIT_AS)"
+        return None
+
+    def usage(self, session: int | None, reset_peak: bool = False) -> AgentUsage:
+        if self.cgroup is not None:
+            cpu, peak = self.cgroup.cpu_seconds(), self.cgroup.peak_memory(reset_peak)
+            if cpu is not None and peak is not None:
+                return AgentUsage(cpu, peak)
+        return session_usage(session) if session else AgentUsage(None, None, "none")
+
+    def stopped(self) -> None:
+        """After the launcher is gone: kill whatever escaped the pid namespace (none where there is
+        one), remove the cgroup, and empty the agent's home."""
+        if self.cgroup is not None:
+            self.cgroup.kill()
+            self.cgroup.remove()
+            self.cgroup = None
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def hint(self) -> str:
+        """What to check when a sandboxed agent dies before answering."""
+        who = f"as uid {self.uid}" if self.uid is not None else "as flateval's user"
+        return (f"the sandboxed agent starts in an empty directory {who}, without network: name its files by "
+                f"absolute path{', readable by others' if self.uid is not None else ''}; --no-sandbox to compare")
