@@ -79,7 +79,7 @@ def make_plan(
     template = EpisodeSpec(
         env_path="", env_file="", env=env, seed=seed, planning_timeout_s=limits.planning_s,
         step_timeout_s=limits.step_s, score_offset=scoring.offset, normalization=scoring.normalization,
-        reference_return=scoring.reference_return, failed_return=scoring.failed_return,
+        reference_return=scoring.reference_return, min_return=scoring.min_return, failed_return=scoring.failed_return,
         rewards=scoring.rewards, observation_builders=phase.observation_builders,
         share_env_files=phase.share_env_files,
     )

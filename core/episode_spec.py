@@ -47,7 +47,8 @@ class EpisodeSpec:
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
     score_offset: float = 0.0
     normalization: str = "seed"  # or "flatland": per-agent returns capped at -max steps first; or "return"
-    reference_return: float | None = None  # "return": the score is return / reference_return
+    reference_return: float | None = None  # "return": the return that scores 1 ...
+    min_return: float | None = None  # ... and the one that scores 0 (None: 0); see scoring.episode.scaled_return
     failed_return: float | None = None  # "return": what a failed episode scores (None: its return so far)
     rewards: str = "DefaultRewards"
     observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS

@@ -20,9 +20,11 @@ FLATEVAL = [sys.executable, "-m", "flateval"]
 DO_NOTHING = f"{sys.executable} -m agent_bridge.examples.do_nothing"
 
 
-def flateval(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+def flateval(*args: str, timeout: float = 240, env: dict | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A `flateval` command; a run without --output writes ./flateval-results/ under `cwd`."""
     return subprocess.run([*FLATEVAL, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def leftover_processes(token: str) -> list[str]:
