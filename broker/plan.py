@@ -50,6 +50,7 @@ class SubmissionPlan:
     challenge: str = ""
     phase: str = ""
     test_set: str = ""  # the test set's directory ("" for a gymnasium env)
+    warnings: tuple[str, ...] = ()  # what the user should hear at plan time, one line each
 
     @property
     def env_id(self) -> str | None:
@@ -75,6 +76,10 @@ def make_plan(
     limits = replace(limits, **{k: v for k, v in (("planning_s", planning_timeout_s), ("step_s", step_timeout_s),
                                                    ("overall_s", overall_timeout_s)) if v is not None})
     selected = tuple(episodes if phase.episodes is None else episodes[: phase.episodes])
+    warnings = ()
+    if phase.episodes is not None and phase.episodes > len(episodes):
+        warnings = (f"phase {phase.name} asks for {phase.episodes} episodes but the test set has "
+                    f"{len(episodes)}: playing those {len(episodes)}",)
     scoring = phase.scoring
     template = EpisodeSpec(
         env_path="", env_file="", env=env, seed=seed, planning_timeout_s=limits.planning_s,
@@ -88,6 +93,7 @@ def make_plan(
         aggregation=scoring.aggregation,
         max_consecutive_timeouts=phase.stop_rules.max_consecutive_timeouts,
         completion_gate=phase.stop_rules.completion_gate, challenge=challenge, phase=phase.name, test_set=test_set,
+        warnings=warnings,
     )
 
 

@@ -42,6 +42,11 @@ LOCAL_EPISODE_ID = ""
 """The episode id of a `flateval episode` (an ad-hoc run: docs/protocol.md, `episode_start`)."""
 
 
+def _warn(warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        click.echo(f"flateval: warning: {warning}", err=True)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -155,7 +160,8 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="Worker+agent pairs.")
 @click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL; default: an embedded Redis.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Write the results JSON here.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Write the results JSON here (default: ./flateval-results/<submission id>.json).")
 @challenge_options
 @click.option("--agent-startup-timeout", type=float, default=60.0, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve the whole local cluster's /metrics here.")
@@ -184,6 +190,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
         plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes, seed=seed,
                         planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                         overall_timeout_s=overall_timeout, default_test_set=BUNDLED_TEST_SET)
+        _warn(plan.warnings)
         with ProgressView() as view:
             document = run_local(settings, plan, on_progress=view.update)
     except (RunError, TestSetError, ChallengeError, PlanError) as exc:
@@ -191,11 +198,26 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     except KeyboardInterrupt:
         raise CliError("interrupted: the submission is cancelled and everything started was stopped") from None
     print_score(document)
-    if output:
-        _write_json(document, output)
-        click.echo(f"results written to {output}", err=True)
+    _keep_results(document, output)
     if report_file:
         _write_report([document], [Path(output).resolve().parent if output else Path.cwd()], report_file)
+
+
+def _keep_results(document: dict[str, Any], output: str | None) -> None:
+    """Write the results (to --output, else a default file: nothing is lost), then say under the
+    score table what went wrong and where the agents' output is."""
+    from flateval.diagnosis import diagnosis
+    from flateval.results_file import save_results
+
+    try:
+        path, problem = save_results(document, output)
+    except OSError as exc:
+        raise CliError(f"cannot write the results anywhere: {exc}") from None
+    for line in diagnosis(document, path):
+        click.echo(line)
+    if problem:
+        _warn((problem,))
+    click.echo(f"results written to {path}", err=True)
 
 
 # --------------------------------------------------------------------------------------- worker
@@ -304,6 +326,7 @@ def submit(redis_url: str | None, test_set: str | None, name: str | None, challe
                         overall_timeout_s=overall_timeout)
     except (TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
+    _warn(plan.warnings)
     conn = _conn(redis_url)
     sid = submitting.create(conn, plan, name=name)
     submitting.enqueue(conn, sid, plan, submitting.episode_specs(sid, plan))

@@ -64,11 +64,14 @@ def print_score(document: dict) -> None:
         table.add_row("mean percentage complete", fmt(score.get("mean_percentage_complete")))
     else:  # gymnasium: no completion; the mean raw return (the primary may be normalized)
         table.add_row("mean return", fmt(score.get("mean_return")))
-    table.add_row("episodes", f"{len(document['episodes'])}/{document.get('n_episodes')}")
+    planned = document.get("planned_episodes") or document.get("n_episodes")
+    table.add_row("episodes", f"{len(document['episodes'])} of {planned}")
     for outcome, count in (score.get("outcomes") or {}).items():
         table.add_row(f"  {outcome}", str(count))
     wall = document["timing"].get("wall_s")
     table.add_row("wall time (s)", fmt(wall))
+    if document.get("stopped_by"):  # a rule ended it early, and it still has its score: not an error
+        table.add_row("stopped by", document["stopped_by"])
     if document.get("error"):
         table.add_row("error", document["error"])
     Console().print(table)

@@ -335,7 +335,7 @@ def test_agent_never_sees_redis_credentials(small_test_set, tmp_path, fault_repo
     try:
         done = flateval("run", "--agent", f"{sys.executable} {script}", "--test-set", str(small_test_set),
                         "--workers", "1", "--redis", server.url,
-                        env={"FLATEVAL_REDIS_URL": server.url, "REDIS_PASSWORD": "s3cret-pw-xyz"})
+                        env={"FLATEVAL_REDIS_URL": server.url, "REDIS_PASSWORD": "s3cret-pw-xyz"}, cwd=tmp_path)
     finally:
         server.stop()
     assert done.returncode == 0, done.stderr
