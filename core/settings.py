@@ -23,6 +23,8 @@ AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
 AGENT_ENDPOINT_ENV = "FLATEVAL_AGENT_ENDPOINT"
 AGENT_CURVE_KEY_ENV = "FLATEVAL_AGENT_CURVE_KEY"  # the agent's CURVE public key (Z85): encrypt the link
 REDIS_URL_ENV = "FLATEVAL_REDIS_URL"
+METRICS_HOST_ENV = "FLATEVAL_METRICS_HOST"
+DEFAULT_METRICS_HOST = "127.0.0.1"  # /metrics on loopback unless asked: a container says 0.0.0.0 (deploy/)
 
 FLATLAND = "flatland"
 GYMNASIUM = "gymnasium"
@@ -49,4 +51,5 @@ class RunSettings:
     overall_timeout_s: float | None = None
     agent_startup_timeout_s: float = 60.0
     metrics_port: int | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST
     curve: bool = False

@@ -276,6 +276,8 @@ def test_worker_takes_no_episode_before_its_external_agent_answers(redis_url, re
     done = flateval("worker", "--redis", redis_url, "--queue", f"flateval-{sid}", "--agent-endpoint", endpoint,
                     "--startup-timeout", "1", timeout=60)
     assert done.returncode != 0
-    assert done.stderr.strip() == f"flateval: agent did not answer the handshake on {endpoint} within 1 s"
+    *log, failure = done.stderr.strip().splitlines()  # the start line, then the failure in one line
+    assert failure == f"flateval: agent did not answer the handshake on {endpoint} within 1 s"
+    assert len(log) == 1 and f"agent {endpoint}" in log[0]
     assert time.monotonic() - started < 30
     assert redis_conn.llen(f"rq:queue:flateval-{sid}") == 4  # nothing was taken
