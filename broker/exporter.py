@@ -19,6 +19,7 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from broker import store
+from core.settings import DEFAULT_METRICS_HOST
 from scoring.aggregate import primary_score
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -101,8 +102,9 @@ def metrics_registry(conn: redis.Redis | None = None, multiprocess_dir: str | No
     return registry
 
 
-def serve_metrics(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0"):
-    """Serve /metrics in a background thread; returns (server, thread)."""
+def serve_metrics(port: int, registry: CollectorRegistry, addr: str = DEFAULT_METRICS_HOST):
+    """Serve /metrics in a background thread (on loopback unless `addr` says otherwise); returns
+    (server, thread)."""
     return start_http_server(port, addr=addr, registry=registry)
 
 

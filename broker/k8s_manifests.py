@@ -155,6 +155,7 @@ def submission_manifests(
             {"name": "FLATEVAL_QUEUES", "value": queue_name(submission_id)},
             {"name": "FLATEVAL_AGENT_ENDPOINT", "value": endpoint},
             {"name": "FLATEVAL_METRICS_PORT", "value": str(METRICS_PORT)},
+            {"name": "FLATEVAL_METRICS_HOST", "value": "0.0.0.0"},  # Prometheus scrapes the pod's address
             {"name": "FLATEVAL_TEST_SET_DIR", "value": TEST_SET_DIR},
             *record_env,
         ],

@@ -51,6 +51,7 @@ class SubmissionPlan:
     phase: str = ""
     test_set: str = ""  # the test set's directory ("" for a gymnasium env)
     agent_resources: AgentResources = AgentResources()  # what each agent may use (the local sandbox's limits)
+    warnings: tuple[str, ...] = ()  # what the user should hear at plan time, one line each
 
     @property
     def env_id(self) -> str | None:
@@ -76,11 +77,15 @@ def make_plan(
     limits = replace(limits, **{k: v for k, v in (("planning_s", planning_timeout_s), ("step_s", step_timeout_s),
                                                    ("overall_s", overall_timeout_s)) if v is not None})
     selected = tuple(episodes if phase.episodes is None else episodes[: phase.episodes])
+    warnings = ()
+    if phase.episodes is not None and phase.episodes > len(episodes):
+        warnings = (f"phase {phase.name} asks for {phase.episodes} episodes but the test set has "
+                    f"{len(episodes)}: playing those {len(episodes)}",)
     scoring = phase.scoring
     template = EpisodeSpec(
         env_path="", env_file="", env=env, seed=seed, planning_timeout_s=limits.planning_s,
         step_timeout_s=limits.step_s, time_bank_s=limits.time_bank_s, score_offset=scoring.offset, normalization=scoring.normalization,
-        reference_return=scoring.reference_return, failed_return=scoring.failed_return,
+        reference_return=scoring.reference_return, min_return=scoring.min_return, failed_return=scoring.failed_return,
         rewards=scoring.rewards, observation_builders=phase.observation_builders,
         share_env_files=phase.share_env_files,
     )
@@ -90,6 +95,7 @@ def make_plan(
         max_consecutive_timeouts=phase.stop_rules.max_consecutive_timeouts,
         completion_gate=phase.stop_rules.completion_gate, challenge=challenge, phase=phase.name, test_set=test_set,
         agent_resources=phase.agent_resources,
+        warnings=warnings,
     )
 
 

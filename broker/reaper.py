@@ -2,7 +2,9 @@
 
 A running episode job holds a lease (``flateval:lease:<job id>``, a few seconds long) that its
 worker renews from a side thread. A job in RQ's started registry whose lease has run out belongs to
-a dead worker (SIGKILL, OOM, a lost node): the reaper puts it back on its queue. Results are stored
+a dead worker (SIGKILL, OOM, a lost node): the reaper puts it back on its queue, unless its result
+is already stored (after storing it, the worker may spend a step deadline and an agent restart
+telling its agent about a lost episode, without a lease: that episode is played, not orphaned). Results are stored
 idempotently per episode, so a job re-run (or, in a race, run twice) is still scored exactly once.
 
 Reapers run where someone is watching anyway: `flateval run`'s follower, and every worker between
@@ -55,12 +57,21 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
         started = job.started_at.replace(tzinfo=timezone.utc) if job.started_at else None
         if started is not None and (now - started).total_seconds() < START_GRACE_S:
             continue
+        if _result_stored(conn, sid, job):
+            continue  # played: its worker, past its lease, is telling (or restarting) its agent
         if not conn.set(store.reaped_key(job_id, job.started_at), 1, nx=True, ex=60):
             continue  # another reaper got there first
         conn.zrem(registry.key, entry)
         queue.enqueue_job(job)
         requeued.append(job_id)
     return requeued
+
+
+def _result_stored(conn: redis.Redis, sid: str, job: Job) -> bool:
+    """Whether the episode of this job already has its result (then there is nothing to re-run)."""
+    spec = job.args[0] if job.args else None
+    index = spec.get("index") if isinstance(spec, dict) else None
+    return index is not None and bool(conn.hexists(store.results_key(sid), str(index)))
 
 
 def reap_open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[str]:

@@ -32,7 +32,8 @@ def results_document(conn: redis.Redis, sid: str) -> dict[str, Any]:
             "enqueued_at": enqueued or None,
             "last_result_at": last or None,
         },
-        "n_episodes": record.n_episodes,
+        "n_episodes": record.n_episodes,  # what completes it: fewer than planned when a completion gate stopped it
+        "planned_episodes": record.planned_episodes or record.n_episodes,
         "challenge": record.challenge,
         "phase": record.phase,
         "stopped_by": record.stopped_by,

@@ -66,11 +66,12 @@ def _apply_gate(conn: redis.Redis, sid: str, record: store.Submission, test: int
     done = [json.loads(r).get("percentage_complete") for r in raw]
     completion = fmean(d for d in done if d is not None) if any(d is not None for d in done) else 0.0
     if completion < record.completion_gate:
-        reason = (f"stopped after Test_{current_test}: its mean percentage complete {completion:.3f} "
-                  f"is under the completion gate {record.completion_gate:g}")
+        # not an error: the submission finished, on fewer episodes than planned (`planned_episodes`)
+        mean = f"{completion:.2f}" if round(completion, 2) < record.completion_gate else f"{completion:.4f}"
+        reason = f"completion gate after Test_{current_test} (mean {mean} < {record.completion_gate:g})"
         store.update_submission(conn, sid, n_episodes=store.count_results(conn, sid), stopped_by=reason)
         if store.elect_finalizer(conn, sid):
-            store.finalize(conn, sid, store.FINISHED, reason)
+            store.finalize(conn, sid, store.FINISHED)
         return
     conn.hincrby(store.submission_key(sid), "released", 1)
     submit.release(conn, sid, tests[released][1], record.overall_s or 3600.0)

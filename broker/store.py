@@ -105,7 +105,8 @@ class Submission:
     status: str = SUBMITTED
     name: str = ""
     queue: str = ""
-    n_episodes: int = 0
+    n_episodes: int = 0  # the results that complete it (a completion gate may cut it short) ...
+    planned_episodes: int | None = None  # ... and how many were planned (None: records made before the field)
     test_set: str = ""  # the test set's directory ("" for a gymnasium env)
     challenge: str = ""
     phase: str = ""

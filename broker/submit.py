@@ -59,7 +59,8 @@ def create(conn: redis.Redis, plan: SubmissionPlan, name: str | None = None, sid
     sid = sid or new_submission_id()
     settings = {k: v for k, v in plan.template.as_dict().items() if k not in PER_EPISODE_FIELDS}
     store.create_submission(conn, store.Submission(
-        id=sid, name=name or sid, n_episodes=len(plan.episodes), test_set=plan.test_set, challenge=plan.challenge,
+        id=sid, name=name or sid, n_episodes=len(plan.episodes), planned_episodes=len(plan.episodes),
+        test_set=plan.test_set, challenge=plan.challenge,
         phase=plan.phase, settings=settings, aggregation=plan.aggregation, overall_s=plan.overall_s,
         max_consecutive_timeouts=plan.max_consecutive_timeouts, completion_gate=plan.completion_gate,
         agent_command=agent_command, workers=workers))

@@ -31,6 +31,7 @@ ONLY_FOR = {  # keys that mean something for one environment only
     "test_set": FLATLAND, "observation_builders": FLATLAND, "share_env_files": FLATLAND, "scoring.rewards": FLATLAND,
     "stop_rules.completion_gate": FLATLAND,
     "env_id": GYMNASIUM, "scoring.reference_return": GYMNASIUM, "scoring.failed_return": GYMNASIUM,
+    "scoring.min_return": GYMNASIUM,
 }
 
 
@@ -50,10 +51,11 @@ class TimeLimits:
 class Scoring:
     offset: float = 0.0
     normalization: str = "seed"  # seed: reward / (max steps x agents); flatland: per-agent capped first;
-    # return (gymnasium): the episode's return, divided by reference_return if set
+    # return (gymnasium): the episode's return, scaled so that min_return scores 0 and reference_return 1
     rewards: str = "DefaultRewards"  # a class of flatland.envs.rewards
     aggregation: str = "mean"
     reference_return: float | None = None
+    min_return: float | None = None  # the return that scores 0 (None: 0); below reference_return
     failed_return: float | None = None  # a failed gymnasium episode's return (None: what it reached)
 
 
@@ -178,7 +180,7 @@ def _section(kind: type, raw: Any, where: str, base: Any, environment: str) -> A
                 values[key] = _number(value, at, nullable=True)
                 if values[key] == 0:
                     raise ChallengeError(f"{at}: must not be 0")
-            elif key == "failed_return":
+            elif key in ("failed_return", "min_return"):
                 values[key] = _number(value, at, nullable=True)
             else:
                 values[key] = _rewards_class(value, at)
@@ -190,6 +192,20 @@ def _section(kind: type, raw: Any, where: str, base: Any, environment: str) -> A
         else:
             values[key] = _number(value, at, positive=True) if key == "cpu" else _memory(value, at)
     return replace(base, **values)
+
+
+def _check_return_scale(scoring: Scoring, where: str) -> None:
+    """Refuse a ``return`` scale that would rank a worse return higher: dividing by a negative
+    reference return without a baseline (MountainCar's -110), or a baseline not below the reference."""
+    reference, baseline = scoring.reference_return, scoring.min_return
+    if baseline is not None and reference is None:
+        raise ChallengeError(f"{where}.min_return: needs a reference_return (the return that scores 1)")
+    if baseline is not None and baseline >= reference:
+        raise ChallengeError(f"{where}.min_return: must be below reference_return ({reference:g}), got {baseline:g}")
+    if baseline is None and reference is not None and reference < 0:
+        raise ChallengeError(f"{where}.reference_return: {reference:g} is negative, so dividing by it would rank "
+                             "a worse return higher; set min_return (the return that scores 0, e.g. the env's worst) "
+                             "to score (return - min_return) / (reference_return - min_return)")
 
 
 def _rewards_class(value: Any, where: str) -> str:
@@ -285,6 +301,7 @@ def _parse(data: Any, base_dir: Path | None) -> Challenge:
         if environment == GYMNASIUM and phase.episodes is None:
             raise ChallengeError(f"phases.{phase.name}.episodes: a gymnasium challenge needs a number of episodes "
                                  "(here or in defaults)")
+        _check_return_scale(phase.scoring, f"phases.{phase.name}.scoring")
     default_phase = data.get("default_phase", next(iter(phases)))
     if default_phase not in phases:
         raise ChallengeError(f"default_phase: {default_phase!r} is not one of the phases ({', '.join(phases)})")

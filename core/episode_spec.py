@@ -48,7 +48,8 @@ class EpisodeSpec:
     time_bank_s: float | None = None  # seconds this episode's steps may draw on past step_timeout_s
     score_offset: float = 0.0
     normalization: str = "seed"  # or "flatland": per-agent returns capped at -max steps first; or "return"
-    reference_return: float | None = None  # "return": the score is return / reference_return
+    reference_return: float | None = None  # "return": the return that scores 1 ...
+    min_return: float | None = None  # ... and the one that scores 0 (None: 0); see scoring.episode.scaled_return
     failed_return: float | None = None  # "return": what a failed episode scores (None: its return so far)
     rewards: str = "DefaultRewards"
     observation_builders: tuple[str, ...] = DEFAULT_OBSERVATION_BUILDERS

@@ -26,6 +26,8 @@ REDIS_URL_ENV = "FLATEVAL_REDIS_URL"
 TEST_SET_DIR_ENV = "FLATEVAL_TEST_SET_DIR"
 """Where a worker sees the test set, when it is mounted elsewhere than on the submitting host."""
 RECORD_DIR_ENV = "FLATEVAL_RECORD_DIR"  # a worker's record dir (docs/audit.md)
+METRICS_HOST_ENV = "FLATEVAL_METRICS_HOST"
+DEFAULT_METRICS_HOST = "127.0.0.1"  # /metrics on loopback unless asked: a container says 0.0.0.0 (deploy/)
 
 FLATLAND = "flatland"
 GYMNASIUM = "gymnasium"
@@ -52,6 +54,7 @@ class RunSettings:
     overall_timeout_s: float | None = None
     agent_startup_timeout_s: float = 60.0
     metrics_port: int | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST
     curve: bool = False
     agent_cpus: float | None = None  # None: the challenge's agent resources
     agent_memory: str | None = None

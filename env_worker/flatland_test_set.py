@@ -37,6 +37,17 @@ PRESETS: dict[str, list[TestConfig]] = {
     "neurips2020-debug": [TestConfig(a, x, y, c, malfunction_interval=250, levels=2) for a, x, y, c in _NEURIPS2020],
 }
 
+
+def describe_preset(name: str) -> str:
+    """What a preset makes, for `generate-test-set --help`: its episode count and shapes."""
+    tests = PRESETS[name]
+    trains = sorted({t.n_agents for t in tests})
+    sides = sorted({max(t.x_dim, t.y_dim) for t in tests})
+    malfunctions = " malfunctions on;" if any(t.malfunction_interval for t in tests) else ""
+    return (f"{name}: {sum(t.levels for t in tests)} episodes ({len(tests)} tests;{malfunctions} "
+            f"{trains[0]}-{trains[-1]} trains, grids up to {sides[-1]} cells a side)")
+
+
 METADATA_COLUMNS = ["test_id", "env_id", "n_agents", "x_dim", "y_dim", "n_cities", "max_rail_pairs_in_city",
                     "max_rails_between_cities", "malfunction_interval", "seed", "grid_mode",
                     "malfunction_duration_min", "malfunction_duration_max"]

@@ -33,6 +33,7 @@ from env_worker.context import WorkerContext, job_context
 from env_worker.flatland_env import warm_up
 from env_worker.pairing import PairedAgent
 from env_worker.sandbox import SandboxSpec
+from env_worker.worker_log import EpisodeLog, start_line, worker_logger
 
 
 IDLE_POLL_S = 0.5
@@ -117,8 +118,10 @@ def run_worker(
     curve_server_key: str | None = None,
     record_dir: str | None = None,
     sandbox: SandboxSpec | None = None,
+    metrics_url: str | None = None,
 ) -> None:
-    """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped.
+    """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped,
+    saying so on stderr (a start line, one line per episode; `metrics_url` is only named there).
 
     An `agent_endpoint` with ``{slot}`` in it is a template: the worker claims a free slot in Redis
     (see `env_worker.agent_slots`) and pairs with that agent. A started agent is fenced in by
@@ -149,6 +152,9 @@ def run_worker(
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
     context = WorkerContext.for_agent(PairedAgent(endpoint, process, name=name, startup_timeout_s=startup_timeout_s,
                                                   curve_server_key=curve_server_key), record_dir=record_dir)
+    log = worker_logger()
+    context.observers.append(EpisodeLog(context.agent.name, log))
+    log.info(start_line(context.agent.name, list(queues), endpoint, agent_command, metrics_url))
     try:
         try:
             if process:  # launched first: its start-up (imports, models) overlaps ours
@@ -165,6 +171,7 @@ def run_worker(
                 wait_for_handshake(endpoint, startup_timeout_s, curve_server_key)
         except AgentStartError as exc:
             raise WorkerStartError(str(exc)) from None
+        log.info(f"{context.agent.name}: the agent answered its handshake; waiting for episodes")
         fixed = list(queues)
         _work_loop(conn, (lambda: fixed) if fixed else (lambda: open_submission_queues(conn)), context, burst)
     finally:

@@ -14,6 +14,7 @@ import click
 
 from core import settings as cfg
 from core.episode_spec import EpisodeSpec
+from env_worker.flatland_test_set import PRESETS as TEST_SET_PRESETS, describe_preset  # stdlib only: cheap
 
 
 class CliError(click.ClickException):
@@ -42,8 +43,27 @@ LOCAL_EPISODE_ID = ""
 """The episode id of a `flateval episode` (an ad-hoc run: docs/protocol.md, `episode_start`)."""
 
 
+def _warn(warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        click.echo(f"flateval: warning: {warning}", err=True)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def redis_option(default: str = "", purpose: str = ""):
+    """--redis, with the environment variable that stands for it named in its help (every command)."""
+    return click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, metavar="URL",
+                        help=f"Redis URL{purpose}, e.g. redis://:PASSWORD@HOST:6379/0 (default: ${cfg.REDIS_URL_ENV}"
+                             f"{default}).")
+
+
+def metrics_host_option(flags: tuple[str, ...] = ("--metrics-host",), envvar: str | None = cfg.METRICS_HOST_ENV):
+    """Where /metrics listens: loopback unless asked (0.0.0.0 in a container Prometheus scrapes)."""
+    env = f"; env: {envvar}" if envvar else ""
+    return click.option(*flags, "metrics_host", envvar=envvar, default=cfg.DEFAULT_METRICS_HOST, show_default=True,
+                        help=f"Address /metrics listens on; 0.0.0.0 in a container that Prometheus scrapes{env}.")
 
 
 def challenge_options(command):
@@ -183,11 +203,13 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 @click.option("--test-set", type=click.Path(), help="Test set directory (Test_<N>/Level_<M>.pkl); default: bundled.")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="Worker+agent pairs.")
-@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL; default: an embedded Redis.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Write the results JSON here.")
+@redis_option(", else an embedded Redis on a private unix socket")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Write the results JSON here (default: ./flateval-results/<submission id>.json).")
 @challenge_options
 @click.option("--agent-startup-timeout", type=float, default=60.0, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve the whole local cluster's /metrics here.")
+@metrics_host_option(envvar=None)
 @click.option("--curve", is_flag=True, help="Encrypt every worker-agent link with CurveZMQ (fresh keys per pair).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Also write the submission's report here: one self-contained HTML page.")
@@ -195,9 +217,9 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 def run(agent_command: str, test_set: str | None, workers: int, redis_url: str | None, output: str | None,
         challenge: str | None, phase: str | None, planning_timeout: float | None, step_timeout: float | None,
         overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
-        record_dir: str | None, agent_startup_timeout: float, metrics_port: int | None, curve: bool,
-        report_file: str | None, agent_cpus: float | None, agent_memory: str | None, agent_pids: int | None,
-        no_sandbox: bool) -> None:
+        record_dir: str | None, agent_startup_timeout: float, metrics_port: int | None, metrics_host: str,
+        curve: bool, report_file: str | None, agent_cpus: float | None, agent_memory: str | None,
+        agent_pids: int | None, no_sandbox: bool) -> None:
     """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score."""
     from broker.plan import PlanError
     from broker.test_set import TestSetError
@@ -210,7 +232,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                                output=output, seed=seed, env=env, episodes=episodes, challenge=challenge, phase=phase,
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                                overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout,
-                               metrics_port=metrics_port, curve=curve, agent_cpus=agent_cpus, agent_memory=agent_memory,
+                               metrics_port=metrics_port, metrics_host=metrics_host, curve=curve, agent_cpus=agent_cpus, agent_memory=agent_memory,
                                agent_pids=agent_pids, sandbox=not no_sandbox)
     if not no_sandbox:
         _sandbox_spec(agent_cpus, agent_memory, agent_pids)  # a bad size is one line before anything starts
@@ -219,6 +241,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
         plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes, seed=seed,
                         planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                         overall_timeout_s=overall_timeout, default_test_set=BUNDLED_TEST_SET, record_dir=record_dir)
+        _warn(plan.warnings)
         with ProgressView() as view:
             document = run_local(settings, plan, on_progress=view.update,
                                  on_notice=lambda line: click.echo(line, err=True))
@@ -227,20 +250,36 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     except KeyboardInterrupt:
         raise CliError("interrupted: the submission is cancelled and everything started was stopped") from None
     print_score(document)
-    if output:
-        _write_json(document, output)
-        click.echo(f"results written to {output}", err=True)
+    kept = _keep_results(document, output)
     if plan.template.record_dir:
         from flateval.audit_report import save_recorded_results
 
         click.echo(save_recorded_results(document, plan.template.record_dir), err=True)
     if report_file:
-        _write_report([document], [Path(output).resolve().parent if output else Path.cwd()], report_file)
+        _write_report([document], [kept.resolve().parent], report_file)
+
+
+def _keep_results(document: dict[str, Any], output: str | None) -> Path:
+    """Write the results (to --output, else a default file: nothing is lost), then say under the
+    score table what went wrong and where the agents' output is. Returns where they are."""
+    from flateval.diagnosis import diagnosis
+    from flateval.results_file import save_results
+
+    try:
+        path, problem = save_results(document, output)
+    except OSError as exc:
+        raise CliError(f"cannot write the results anywhere: {exc}") from None
+    for line in diagnosis(document, path):
+        click.echo(line)
+    if problem:
+        _warn((problem,))
+    click.echo(f"results written to {path}", err=True)
+    return Path(path)
 
 
 # --------------------------------------------------------------------------------------- worker
 @main.command()
-@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL.")
+@redis_option()
 @click.option("--queue", "queues", multiple=True, envvar="FLATEVAL_QUEUES",
               help="Queue(s) to work, in priority order (env: FLATEVAL_QUEUES, space-separated).")
 @click.option("--agent-endpoint", envvar=cfg.AGENT_ENDPOINT_ENV, help="The paired agent's endpoint.")
@@ -254,6 +293,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                    "worker takes any episode.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), envvar="FLATEVAL_METRICS_PORT",
               help="Serve this worker's /metrics here.")
+@metrics_host_option()
 @click.option("--agent-slots", type=click.IntRange(min=1), envvar="FLATEVAL_AGENT_SLOTS",
               help="With an --agent-endpoint holding {slot}: how many agents there are to claim from.")
 @click.option("--curve", is_flag=True, help="With --agent-command: encrypt the agent link (CurveZMQ, fresh keys).")
@@ -268,7 +308,8 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
               help="Where among this worker's cores the agent's start (default: the least used).")
 def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
            agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
-           startup_timeout: float, metrics_port: int | None, agent_slots: int | None, curve: bool,
+           startup_timeout: float, metrics_port: int | None, metrics_host: str, agent_slots: int | None,
+           curve: bool,
            agent_curve_key: str | None, record_dir: str | None, agent_cpus: float | None, agent_memory: str | None,
            agent_pids: int | None, no_sandbox: bool, agent_hide: tuple[str, ...], agent_cpu_offset: int | None) -> None:
     """Run an env worker paired with one agent (without --queue: every open submission's queue).
@@ -286,7 +327,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
         agent_cpus, agent_memory, agent_pids, cpu_offset=agent_cpu_offset,
         hide=(*agent_hide, str(BUNDLED_TEST_SET.parent)))  # every bundled test set
     if metrics_port:
-        _serve_episode_metrics(metrics_port)
+        _serve_episode_metrics(metrics_host, metrics_port)
     from env_worker.worker import WorkerStartError, run_worker
 
     signal.signal(signal.SIGTERM, _interrupt)  # stop the paired agent too, whenever it comes
@@ -295,14 +336,19 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
         run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
                    agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
                    pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key,
-                   record_dir=str(Path(record_dir).resolve()) if record_dir else None, sandbox=sandbox)
+                   record_dir=str(Path(record_dir).resolve()) if record_dir else None, sandbox=sandbox,
+                   metrics_url=_metrics_url(metrics_host, metrics_port) if metrics_port else None)
     except WorkerStartError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         pass
 
 
-def _serve_episode_metrics(port: int) -> None:
+def _metrics_url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+
+def _serve_episode_metrics(host: str, port: int) -> None:
     """Multiprocess mode must be chosen before prometheus_client is first imported: a stock
     `rq worker`'s forked horses and this process then write to the same directory."""
     import tempfile
@@ -314,17 +360,18 @@ def _serve_episode_metrics(port: int) -> None:
     from broker.exporter import metrics_registry, serve_metrics
 
     try:
-        serve_metrics(port, metrics_registry(multiprocess_dir=directory))
+        serve_metrics(port, metrics_registry(multiprocess_dir=directory), host)
     except OSError as exc:
-        raise CliError(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from None
+        raise CliError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @main.command()
-@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL.")
+@redis_option()
 @click.option("--port", type=click.IntRange(1, 65535), default=9108, show_default=True)
+@metrics_host_option(("--host", "--metrics-host"))
 @click.option("--multiproc-dir", type=click.Path(file_okay=False),
               help="Also serve the episode metrics written here by workers (PROMETHEUS_MULTIPROC_DIR).")
-def exporter(redis_url: str | None, port: int, multiproc_dir: str | None) -> None:
+def exporter(redis_url: str | None, port: int, metrics_host: str, multiproc_dir: str | None) -> None:
     """Serve Redis-derived metrics (queues, workers, submissions) on /metrics."""
     import threading
 
@@ -332,10 +379,10 @@ def exporter(redis_url: str | None, port: int, multiproc_dir: str | None) -> Non
 
     conn = _conn(redis_url)
     try:
-        serve_metrics(port, metrics_registry(conn, multiproc_dir))
+        serve_metrics(port, metrics_registry(conn, multiproc_dir), metrics_host)
     except OSError as exc:
-        raise CliError(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from None
-    click.echo(f"flateval exporter: serving /metrics on :{port}", err=True)
+        raise CliError(f"cannot serve metrics on {metrics_host}:{port}: {exc.strerror or exc}") from None
+    click.echo(f"flateval exporter: serving {_metrics_url(metrics_host, port)}", err=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         threading.Event().wait()
@@ -345,7 +392,7 @@ def exporter(redis_url: str | None, port: int, multiproc_dir: str | None) -> Non
 
 # --------------------------------------------------------------------------------------- submit & co
 @main.command()
-@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
+@redis_option()
 @click.option("--test-set", type=click.Path(), help="Test set directory; default: the challenge's.")
 @click.option("--name", help="A name for the submission.")
 @challenge_options
@@ -365,6 +412,7 @@ def submit(redis_url: str | None, test_set: str | None, name: str | None, challe
                         overall_timeout_s=overall_timeout, record_dir=record_dir)
     except (TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
+    _warn(plan.warnings)
     conn = _conn(redis_url)
     sid = submitting.create(conn, plan, name=name)
     submitting.enqueue(conn, sid, plan, submitting.episode_specs(sid, plan))
@@ -382,28 +430,25 @@ def _conn(redis_url: str | None):
 
 @main.command()
 @click.argument("submission_id")
-@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
+@redis_option()
 def status(submission_id: str, redis_url: str | None) -> None:
-    """Show a submission's status and progress."""
+    """Show a submission's status and progress: episodes, running score, timeouts and errors,
+    elapsed time, deadline left, and why it stopped or failed."""
+    import time
+
     from broker import store
+    from flateval.progress import status_line
 
     conn = _conn(redis_url)
     record = store.get_submission(conn, submission_id)
     if record is None:
         raise CliError(f"no submission {submission_id}")
-    done = store.count_results(conn, submission_id)
-    score = (record.score or {}).get("mean_normalized_return")
-    line = f"{submission_id}  {record.status}  {done}/{record.n_episodes} episodes"
-    if score is not None:
-        line += f"  mean normalized return {score:.6f}"
-    if record.error:
-        line += f"  ({record.error})"
-    click.echo(line)
+    click.echo(status_line(record, store.get_results(conn, submission_id), time.time()))
 
 
 @main.command()
 @click.argument("submission_id")
-@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
+@redis_option()
 @click.option("--output", type=click.Path(dir_okay=False))
 def results(submission_id: str, redis_url: str | None, output: str | None) -> None:
     """Print (or write) a submission's results JSON."""
@@ -419,7 +464,7 @@ def results(submission_id: str, redis_url: str | None, output: str | None) -> No
 
 @main.command()
 @click.argument("submission_id")
-@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV)
+@redis_option()
 def cancel(submission_id: str, redis_url: str | None) -> None:
     """Cancel a submission: queued episodes are removed, it gets no score."""
     from broker import store
@@ -577,7 +622,7 @@ def _read_results_file(results_file: str) -> Any:
 
 @main.command("report")
 @click.argument("sources", nargs=-1, required=True, metavar="RESULTS.json|SUBMISSION_ID...")
-@click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, help="Redis URL, to report on submission ids.")
+@redis_option(purpose=", to report on submission ids")
 @click.option("--output", type=click.Path(dir_okay=False), default="report.html", show_default=True)
 def report_command(sources: tuple[str, ...], redis_url: str | None, output: str) -> None:
     """Write one self-contained HTML page about a submission: score, episode grid, plots, details,
@@ -621,11 +666,12 @@ def _write_report(documents: list[dict[str, Any]], folders: list[Path], output: 
 # --------------------------------------------------------------------------------------- test sets
 @main.command("generate-test-set")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--preset", type=click.Choice(["small", "medium", "neurips2020-debug"]), default="small",
-              show_default=True)
+@click.option("--preset", type=click.Choice(list(TEST_SET_PRESETS)), default="small", show_default=True,
+              help="; ".join(describe_preset(name) for name in TEST_SET_PRESETS) + ".")
 @click.option("--seed", type=int, default=42, show_default=True)
 def generate_test_set(out: str, preset: str, seed: int) -> None:
-    """Write a test set in flatland's evaluator layout, with a metadata.csv."""
+    """Write a test set in flatland's evaluator layout (Test_<N>/Level_<M>.pkl: one episode each), with a
+    metadata.csv."""
     from env_worker.flatland_test_set import generate_test_set as generate
 
     written = generate(out, preset, seed, progress=lambda name: click.echo(f"  {name}", err=True))

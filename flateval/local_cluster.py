@@ -32,6 +32,7 @@ from broker.plan import SubmissionPlan
 from broker.results import results_document
 from core.settings import REDIS_URL_ENV, RunSettings
 from env_worker.agent_process import agent_output_tail
+from env_worker.worker_log import is_log_line
 
 POLL_S = 0.1
 REAP_EVERY_S = 1.0
@@ -117,8 +118,10 @@ def connect(url: str) -> redis.Redis:
 
 
 def _last_line(path: Path) -> str:
+    """A worker's last words (its error), its log lines (start, episodes) left out."""
     try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [line for line in path.read_text(errors="replace").splitlines()
+                 if line.strip() and not is_log_line(line)]
     except FileNotFoundError:
         return ""
     return lines[-1] if lines else ""
@@ -235,7 +238,12 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
             redis_url = cluster.redis_server.url
         conn = connect(redis_url)
         if settings.metrics_port:
-            server, _ = serve_metrics(settings.metrics_port, metrics_registry(conn, str(cluster.metrics_dir)))
+            try:
+                server, _ = serve_metrics(settings.metrics_port, metrics_registry(conn, str(cluster.metrics_dir)),
+                                          settings.metrics_host)
+            except OSError as exc:
+                raise RunError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                               f"{exc.strerror or exc}") from None
             cluster.metrics_server = server
         sid = submit.create(conn, plan, agent_command=settings.agent_command, workers=settings.workers)
         queue = store.queue_name(sid)

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker.store import Submission
+from broker.store import CANCELLED, FAILED, TERMINAL, Submission
 from core.outcomes import AGENT_ERROR, ENV_ERROR, TIMEOUT
 from scoring.aggregate import primary_score
 
@@ -44,10 +44,48 @@ class ProgressView:
 def progress_summary(results: list[dict], record: Submission) -> str:
     """The running score (computed as the final score will be), the timeouts and errors so far."""
     score = primary_score(results, record.aggregation)
+    summary = f"mean NR {score:+.4f}" if score is not None else "mean NR -"
+    return summary + "  " + _faults(results)
+
+
+def _faults(results: list[dict]) -> str:
     timeouts = sum(r.get("outcome") == TIMEOUT for r in results)
     errors = sum(r.get("outcome") in (AGENT_ERROR, ENV_ERROR) for r in results)
-    summary = f"mean NR {score:+.4f}" if score is not None else "mean NR -"
-    return summary + f"  timeouts {timeouts}  errors {errors}"
+    return f"timeouts {timeouts}  errors {errors}"
+
+
+def status_line(record: Submission, results: list[dict], now: float) -> str:
+    """`flateval status`: what the progress bar of `flateval run` shows (episodes, running score,
+    timeouts, errors, elapsed time), the deadline left, and why it stopped or failed."""
+    episodes = f"{len(results)}/{record.n_episodes} episodes"
+    if record.planned_episodes and record.planned_episodes != record.n_episodes:
+        episodes += f" (of {record.planned_episodes} planned)"
+    failed = record.status in (FAILED, CANCELLED)  # no score, whatever the results so far would give
+    parts = [record.id, record.status, episodes,
+             f"no score  {_faults(results)}" if failed else progress_summary(results, record)]
+    started = record.enqueued_at or record.submitted_at
+    if started:
+        parts.append(f"elapsed {duration(((record.ended_at or now) - started))}")
+    if record.deadline_at and record.status not in TERMINAL:
+        left = record.deadline_at - now
+        parts.append(f"deadline in {duration(left)}" if left > 0 else "deadline passed")
+    if record.stopped_by:
+        parts.append(f"stopped by: {record.stopped_by}")
+    if record.error:
+        parts.append(f"({record.error})")
+    return "  ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """A human duration: 7.2s, 4m05s, 7h58m."""
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def print_score(document: dict) -> None:
@@ -64,11 +102,14 @@ def print_score(document: dict) -> None:
         table.add_row("mean percentage complete", fmt(score.get("mean_percentage_complete")))
     else:  # gymnasium: no completion; the mean raw return (the primary may be normalized)
         table.add_row("mean return", fmt(score.get("mean_return")))
-    table.add_row("episodes", f"{len(document['episodes'])}/{document.get('n_episodes')}")
+    planned = document.get("planned_episodes") or document.get("n_episodes")
+    table.add_row("episodes", f"{len(document['episodes'])} of {planned}")
     for outcome, count in (score.get("outcomes") or {}).items():
         table.add_row(f"  {outcome}", str(count))
     wall = document["timing"].get("wall_s")
     table.add_row("wall time (s)", fmt(wall))
+    if document.get("stopped_by"):  # a rule ended it early, and it still has its score: not an error
+        table.add_row("stopped by", document["stopped_by"])
     if document.get("error"):
         table.add_row("error", document["error"])
     Console().print(table)

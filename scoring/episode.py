@@ -28,10 +28,19 @@ def capped_normalized_return(per_agent_rewards: "list[float]", max_episode_steps
     return capped / (max_episode_steps * n_agents) + offset
 
 
-def scaled_return(total: float, reference_return: float | None = None, offset: float = 0.0) -> float:
-    """A gymnasium episode's score: its return, divided by the challenge's reference return if it
-    sets one (e.g. 500 for CartPole-v1: a perfect episode scores 1.0), plus the phase's offset."""
-    return (total / reference_return if reference_return else total) + offset
+def scaled_return(total: float, reference_return: float | None = None, offset: float = 0.0,
+                  min_return: float | None = None) -> float:
+    """A gymnasium episode's score: its return on the challenge's scale, plus the phase's offset.
+
+    Without a reference return the score is the return itself. With one, ``min_return`` (default 0)
+    scores 0 and ``reference_return`` scores 1: ``(return - min_return) / (reference_return -
+    min_return)``. CartPole-v1 (reference 500): a return of 250 scores 0.5. MountainCar-v0 (every
+    step costs 1, 200 steps at most: min -200, reference -110): -114 scores 0.956, -122 scores 0.867.
+    The challenge file refuses a scale that would rank a worse return higher (`core.challenge`)."""
+    if not reference_return:
+        return total + offset
+    baseline = min_return if min_return is not None else 0.0
+    return (total - baseline) / (reference_return - baseline) + offset
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ def episode_score(outcome: str, totals: ScoreInputs, spec: EpisodeSpec) -> float
     if spec.normalization == "return":
         failed = outcome != COMPLETED and spec.failed_return is not None
         return scaled_return(spec.failed_return if failed else totals.cumulative_reward, spec.reference_return,
-                             spec.score_offset)
+                             spec.score_offset, spec.min_return)
     if outcome != COMPLETED:
         return FAILED_EPISODE_RETURN + spec.score_offset
     if spec.normalization == "flatland":

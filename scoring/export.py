@@ -12,6 +12,7 @@ CSV_COLUMNS = [
     # ... then what flateval knows besides
     "env_file", "outcome", "n_agents", "max_episode_steps", "seed", "agent_response_mean_s",
     "agent_response_max_s", "planning_s", "worker", "error",
+    "stopped_by",  # the submission's: a rule that ended it early with its score (the completion gate); else empty
 ]
 
 
@@ -30,6 +31,7 @@ def to_csv(document: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
+    stopped_by = document.get("stopped_by")
     for episode in _episodes(document):
         response = episode.get("agent_response") or {}
         writer.writerow({
@@ -41,7 +43,7 @@ def to_csv(document: dict[str, Any]) -> str:
             "max_episode_steps": episode.get("max_episode_steps"), "seed": episode.get("seed"),
             "agent_response_mean_s": response.get("mean_s"), "agent_response_max_s": response.get("max_s"),
             "planning_s": response.get("planning_s"), "worker": episode.get("worker"),
-            "error": episode.get("error"),
+            "error": episode.get("error"), "stopped_by": stopped_by,
         })
     return out.getvalue()
 
@@ -63,4 +65,8 @@ def to_evalai(document: dict[str, Any], split: str | None = None) -> list[dict[s
     accuracies = {"mean_normalized_return": float(primary)}
     if secondary is not None:  # a gymnasium env has no completion
         accuracies["percentage_complete"] = float(secondary)
-    return [{"split": split, "show_to_participant": True, "accuracies": accuracies}]
+    entry = {"split": split, "show_to_participant": True, "accuracies": accuracies}
+    if document.get("stopped_by"):  # EvalAI reads split, accuracies and show_to_participant only: this is the host's
+        planned = document.get("planned_episodes") or document.get("n_episodes")
+        entry.update(stopped_by=document["stopped_by"], episodes=f"{len(document['episodes'])} of {planned}")
+    return [entry]

@@ -278,6 +278,8 @@ def test_compose_services_evaluate_a_submission_as_local_processes(small_test_se
     services = compose["services"]
     runnable = {name for name, s in services.items() if "command" in s}
     assert runnable == {"redis", "worker", "agent", "exporter"}  # prometheus, grafana: image-only
+    for name in ("worker", "exporter"):  # /metrics defaults to loopback: a container must listen where Prometheus is
+        assert env_of(services[name]).get("FLATEVAL_METRICS_HOST") == "0.0.0.0", name
 
     agent_hosts = [f"127.0.0.{i}" for i in range(1, pairs + 1)]  # container flateval-agent-i -> 127.0.0.i
     agent_port = _loopback_port_free_on(agent_hosts)
@@ -296,6 +298,8 @@ def test_compose_services_evaluate_a_submission_as_local_processes(small_test_se
     def local_env(service: dict[str, Any], **overrides: str) -> dict[str, str]:
         volumes = [str(v) for v in service.get("volumes", [])]
         values = {k: local_value(v, volumes) for k, v in env_of(service).items()}
+        if "FLATEVAL_METRICS_HOST" in values:  # a container's own address; here that is loopback (tests: loopback only)
+            values["FLATEVAL_METRICS_HOST"] = "127.0.0.1"
         # a container's environment is its image's plus compose's; nothing inherited from this shell
         base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
                 "PYTHONUNBUFFERED": "1"}
@@ -579,6 +583,8 @@ def test_redis_statefulset_persists_and_requires_auth():
     exporter = yaml_objects(BASE / "exporter.yaml")
     service = next(o for o in exporter if o["kind"] == "Service")
     assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    (container,) = next(o for o in exporter if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "FLATEVAL_METRICS_HOST", "value": "0.0.0.0"} in container["env"]  # scraped at the pod's address
 
 
 def test_submission_workload_pairs_the_agent_with_its_worker_safely():
@@ -615,6 +621,7 @@ def test_submission_workload_pairs_the_agent_with_its_worker_safely():
     env = {e["name"]: e.get("value") for e in worker["env"]}
     assert env["FLATEVAL_QUEUES"] == f"flateval-{EXAMPLE_SID}"
     assert env["FLATEVAL_AGENT_ENDPOINT"] == bind
+    assert env["FLATEVAL_METRICS_HOST"] == "0.0.0.0"  # Prometheus scrapes the pod's address, not its loopback
     assert "--burst" in worker["command"]
     # every episode recorded into the shared recordings volume, writable by the worker's group
     mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}

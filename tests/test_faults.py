@@ -272,10 +272,11 @@ def test_worker_does_not_grow_over_500_episodes(redis_url, redis_conn, small_tes
         shutil.copy(smallest, many / f"Test_{test}" / f"Level_{level}.pkl")
     sid = flateval("submit", "--redis", redis_url, "--test-set", str(many)).stdout.strip()
     pidfile = tmp_path / "agent.pid"
-    worker = subprocess.Popen([*FLATEVAL, "worker", "--redis", redis_url, "--queue", f"flateval-{sid}",
-                               "--agent-command", DO_NOTHING, "--agent-log", str(tmp_path / "agent.log"),
-                               "--agent-pidfile", str(pidfile)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / "worker.log", "w") as log:  # a line per episode: a pipe nobody reads would fill up
+        worker = subprocess.Popen([*FLATEVAL, "worker", "--redis", redis_url, "--queue", f"flateval-{sid}",
+                                   "--agent-command", DO_NOTHING, "--agent-log", str(tmp_path / "agent.log"),
+                                   "--agent-pidfile", str(pidfile)],
+                                  stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         wait_for(lambda: redis_conn.hlen(store.results_key(sid)) >= 200, 120, "200 episodes")
         rss_200, fds_200 = _rss_kb(worker.pid), len(os.listdir(f"/proc/{worker.pid}/fd"))
@@ -335,7 +336,7 @@ def test_agent_never_sees_redis_credentials(small_test_set, tmp_path, fault_repo
     try:
         done = flateval("run", "--agent", f"{sys.executable} {script}", "--test-set", str(small_test_set),
                         "--workers", "1", "--redis", server.url,
-                        env={"FLATEVAL_REDIS_URL": server.url, "REDIS_PASSWORD": "s3cret-pw-xyz"})
+                        env={"FLATEVAL_REDIS_URL": server.url, "REDIS_PASSWORD": "s3cret-pw-xyz"}, cwd=tmp_path)
     finally:
         server.stop()
     assert done.returncode == 0, done.stderr

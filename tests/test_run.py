@@ -20,9 +20,11 @@ FLATEVAL = [sys.executable, "-m", "flateval"]
 DO_NOTHING = f"{sys.executable} -m agent_bridge.examples.do_nothing"
 
 
-def flateval(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+def flateval(*args: str, timeout: float = 240, env: dict | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A `flateval` command; a run without --output writes ./flateval-results/ under `cwd`."""
     return subprocess.run([*FLATEVAL, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def leftover_processes(token: str) -> list[str]:
@@ -274,6 +276,8 @@ def test_worker_takes_no_episode_before_its_external_agent_answers(redis_url, re
     done = flateval("worker", "--redis", redis_url, "--queue", f"flateval-{sid}", "--agent-endpoint", endpoint,
                     "--startup-timeout", "1", timeout=60)
     assert done.returncode != 0
-    assert done.stderr.strip() == f"flateval: agent did not answer the handshake on {endpoint} within 1 s"
+    *log, failure = done.stderr.strip().splitlines()  # the start line, then the failure in one line
+    assert failure == f"flateval: agent did not answer the handshake on {endpoint} within 1 s"
+    assert len(log) == 1 and f"agent {endpoint}" in log[0]
     assert time.monotonic() - started < 30
     assert redis_conn.llen(f"rq:queue:flateval-{sid}") == 4  # nothing was taken

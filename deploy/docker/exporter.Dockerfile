@@ -31,7 +31,8 @@ COPY --from=build /opt/flateval /opt/flateval
 ENV PATH=/opt/flateval/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    FLATEVAL_METRICS_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 9108
