@@ -32,7 +32,7 @@ class Request:
         return self.message["type"]
 
 
-INTERRUPT_CHECK_S = 0.1
+INTERRUPT_CHECK_S = 0.02
 
 
 class RouterEndpoint:

@@ -27,7 +27,8 @@ DROP_DIAGNOSIS_S = 0.1
 ZeroMQ retry the connection at once (EVENT_CONNECT_RETRIED within a millisecond or two); a reply cut
 by ZeroMQ itself for exceeding the size cap is a protocol error, after which ZeroMQ never retries."""
 
-DEFAULT_SPIN_S = float(os.environ.get("FLATEVAL_LINK_SPIN_US", "300")) / 1e6
+LINK_SPIN_ENV = "FLATEVAL_LINK_SPIN_US"
+DEFAULT_SPIN_S = float(os.environ.get(LINK_SPIN_ENV, "300")) / 1e6
 """After sending, busy-wait (yielding the core) this long for the reply before blocking in poll:
 a blocked process takes tens of microseconds to be woken, which is most of a fast agent's round
 trip. Measured on a 2-core machine: per-step overhead 0.43 -> 0.19 ms. 0 turns it off."""

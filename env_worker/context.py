@@ -17,7 +17,7 @@ from typing import Iterator
 
 from env_worker.metrics import MetricsObserver
 from env_worker.observers import EpisodeObserver
-from env_worker.pairing import BreachNamer, PairedAgent
+from env_worker.pairing import BreachNamer, PairedAgent, UsageMeter
 from core.settings import RECORD_DIR_ENV
 from env_worker.recording import RecordingObserver
 
@@ -29,11 +29,11 @@ class WorkerContext:
 
     @classmethod
     def for_agent(cls, agent: PairedAgent, record_dir: str | None = None) -> "WorkerContext":
-        """The context of a worker paired with `agent`: the namer of its sandbox breaches (first, so
-        the others see the named outcome), its metrics observer and its recorder (which records what
+        """The context of a worker paired with `agent`: the namer of its sandbox breaches and the meter
+        of its CPU and memory (first, so the others see them), its metrics observer and its recorder (which records what
         submissions ask for, and everything when the worker records itself: `record_dir`, else
         ``$FLATEVAL_RECORD_DIR``)."""
-        return cls(agent, [BreachNamer(agent), MetricsObserver(),
+        return cls(agent, [BreachNamer(agent), UsageMeter(agent), MetricsObserver(),
                            RecordingObserver(record_dir or os.environ.get(RECORD_DIR_ENV))])
 
     @classmethod

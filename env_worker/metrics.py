@@ -37,6 +37,10 @@ EPISODE_DURATION = Histogram("flateval_episode_duration_seconds", "Episode wall 
 NORMALIZED_RETURN = Histogram("flateval_episode_normalized_return", "Normalized return of scored episodes.",
                               buckets=RETURN_BUCKETS)
 AGENT_TIMEOUTS = Counter("flateval_agent_timeouts", "Deadlines missed by agents.", ["phase"])
+AGENT_CPU = Histogram("flateval_agent_cpu_seconds", "CPU seconds an agent used in one episode (all its processes).",
+                      buckets=DURATION_BUCKETS)
+AGENT_PEAK_MEMORY = Histogram("flateval_agent_peak_memory_bytes", "An agent's peak memory in one episode.",
+                              buckets=tuple(float(1 << shift) for shift in range(24, 36)))  # 16 MiB .. 32 GiB
 
 # Every label value exists from the start (at 0), so rates and sums are defined before the first event.
 for _outcome in OUTCOMES:
@@ -85,3 +89,8 @@ class MetricsObserver(EpisodeObserver):
             NORMALIZED_RETURN.observe(result.normalized_return)
         if result.outcome == TIMEOUT:
             AGENT_TIMEOUTS.labels(phase="planning" if result.steps == 0 else "step").inc()
+        usage = result.agent_usage or {}
+        if usage.get("cpu_s") is not None:
+            AGENT_CPU.observe(usage["cpu_s"])
+        if usage.get("peak_memory_bytes") is not None:
+            AGENT_PEAK_MEMORY.observe(usage["peak_memory_bytes"])

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from core.outcomes import AGENT_ERROR, LOST_BY_AGENT
 from core.settings import AGENT_CURVE_KEY_ENV, AGENT_ENDPOINT_ENV
 from env_worker.agent_link import AgentLink
 from env_worker.agent_process import AgentProcess
+from env_worker.sandbox import AgentUsage
 from env_worker.observers import EpisodeObserver
 from scoring.episode import EpisodeResult
 
@@ -76,6 +78,28 @@ class PairedAgent:
             self._link = None
         if self.process is not None:
             self.process.stop()
+
+
+class UsageMeter(EpisodeObserver):
+    """The agent's CPU seconds and peak memory over each episode, into its record (``agent_usage``):
+    a participant sees why they were slow. Read at the episode's start and end (two small cgroup
+    files, or a walk of /proc), never on the per-step path; none for an agent we did not start."""
+
+    def __init__(self, agent: PairedAgent) -> None:
+        self.agent = agent
+        self._start: AgentUsage | None = None
+
+    def episode_started(self, spec: Any) -> None:
+        process = self.agent.process
+        self._start = process.usage(reset_peak=True) if process is not None and process.alive() else None
+
+    def episode_ended(self, result: EpisodeResult) -> None:
+        process, start, self._start = self.agent.process, self._start, None
+        if start is None or process is None or not process.alive():
+            return  # none, or a process that died (its replacement's counters are not this episode's)
+        end = process.usage()
+        result.agent_usage = {"cpu_s": end.cpu_since(start), "peak_memory_bytes": end.peak_memory_bytes,
+                              "source": end.source}
 
 
 class BreachNamer(EpisodeObserver):

@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 from html import escape
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from report.media import Media, media
 from report.model import Episode, Submission, number
 from report.outcomes import STYLES, style
 from report.plots import plots
-from report.units import percent, score, seconds
+from report.units import percent, score, seconds, size
 
 WIDE = ' class="wide"'
 WIDE_FACTS = ("Env file", "Worker")
@@ -326,6 +326,13 @@ def _plots(sub: Submission, h: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------- episode details
+def _usage(record: Mapping[str, Any], key: str, unit: Callable[[float], str]) -> str | None:
+    """What the agent used in the episode (`agent_usage`), where it was measured."""
+    usage = record.get("agent_usage")
+    value = number(usage.get(key)) if isinstance(usage, Mapping) else None
+    return None if value is None else unit(value)
+
+
 def _details(sub: Submission, h: list[str], link_from: Path | None) -> str:
     articles = "".join(_episode(sub, e, h[2], link_from) for e in sub.episodes)
     return f"""<section id="{sub.prefix}details" aria-labelledby="{sub.prefix}details-h">
@@ -350,6 +357,8 @@ def _episode(sub: Submission, episode: Episode, tag: str, link_from: Path | None
     facts += [
         ("Steps", DASH if steps is None else f"{steps} of {max_steps}" if max_steps else str(steps)),
         ("Duration", seconds(number(record.get("duration_s")))),
+        ("Agent CPU", _usage(record, "cpu_s", seconds)),
+        ("Agent peak memory", _usage(record, "peak_memory_bytes", size)),
         ("Env file", record.get("env_file")),
         ("Seed", record.get("seed")),
         ("Worker", record.get("worker")),

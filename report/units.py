@@ -41,3 +41,11 @@ def score(value: float | None, places: int = 4) -> str:
 
 def percent(fraction: float | None, places: int = 1) -> str:
     return "\u2013" if fraction is None else f"{fraction * 100:.{places}f} %"
+
+
+def size(value: float) -> str:
+    """Bytes as a person reads them: 19443712 -> "18.5 MiB"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= scale:
+            return f"{_significant(value / scale, 3)} {unit}"
+    return f"{value:.0f} B"

@@ -126,6 +126,7 @@ class EpisodeResult:
     max_episode_steps: int | None = None
     observation: dict | None = None
     env: str | None = None  # "flatland" or "gymnasium:ENV_ID"
+    agent_usage: dict | None = None  # the agent's cpu_s and peak_memory_bytes over the episode (if we ran it)
     # recorded episodes (docs/audit.md); set by the recorder before the result is stored
     ep_id: str | None = None  # the recording's episode id (flatland's Trajectory ep_id)
     trajectory: str | None = None  # its folder: flatland's Trajectory data dir (gymnasium: episode.jsonl's)
