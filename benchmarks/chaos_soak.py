@@ -225,9 +225,12 @@ def _kill_worker(conn: redis.Redis, sid: str, pair: str, run: subprocess.Popen) 
     except ProcessLookupError:
         return 0.0
     indices = [job.rsplit("-", 1)[1] for job in held]
-    done = _wait(lambda: all(conn.hexists(store.results_key(sid), i) for i in indices) or run.poll() is not None,
-                 120, f"the episode {pair}'s worker held")
-    return time.monotonic() - killed if done else None
+    if indices:  # recovered when the episode it held is stored
+        _wait(lambda: all(conn.hexists(store.results_key(sid), i) for i in indices) or run.poll() is not None,
+              120, f"the episode {pair}'s worker held")
+    else:  # it was idle: recovered when the pair is back
+        _wait(lambda: worker_pid(pair, sid) not in (None, pid) or run.poll() is not None, 120, f"{pair} respawned")
+    return time.monotonic() - killed
 
 
 def _restart_redis(conn: redis.Redis, sid: str, server: RedisServer, run: subprocess.Popen) -> tuple[RedisServer, float]:

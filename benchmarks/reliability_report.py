@@ -4,7 +4,10 @@ Runs tests/test_faults.py, tests/test_record_faults.py and the hostile-agent mat
 ``FLATEVAL_FAULT_REPORT`` set; every test records the fault it injected, what happened and the
 measured recovery time; this script renders them as one table.
 
-    python benchmarks/reliability_report.py [--output docs/reliability.md]
+It also runs the long chaos soak (benchmarks/chaos_soak.py: a few hundred episodes under a seeded
+random schedule of faults) and renders its figures, with the seed to replay it.
+
+    python benchmarks/reliability_report.py [--output docs/reliability.md] [--soak-seed 7] [--soak-episodes 300]
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ expired. RQ keeps no job results (`result_ttl=0`); failed jobs expire after 7 da
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "reliability.md")
+    parser.add_argument("--soak-seed", type=int, default=7)
+    parser.add_argument("--soak-episodes", type=int, default=300)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         rows_file = Path(scratch) / "rows.jsonl"
@@ -73,14 +78,38 @@ def main(argv: list[str] | None = None) -> int:
                               capture_output=True, text=True)
         summary = (done.stdout.strip().splitlines() or ["no output"])[-1]
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
+        soak_file = Path(scratch) / "soak.json"
+        soak = subprocess.run([sys.executable, str(REPO / "benchmarks" / "chaos_soak.py"), "--seed", str(args.soak_seed),
+                               "--episodes", str(args.soak_episodes), "--json", str(soak_file)],
+                              cwd=REPO, capture_output=True, text=True)
+        soak_lines = soak.stdout.strip().splitlines()
     lines = [HEADER.format(when=time.strftime("%Y-%m-%d"), summary=f"Suite: {summary.strip('= ')}")]
     for row in rows:
         recovery = "-" if row["recovery_s"] is None else f"{row['recovery_s']:.2f} s"
         what = row["what_happens"].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {row['fault']} | {what} | {recovery} |\n")
+    lines.append(SOAK.format(seed=args.soak_seed, episodes=args.soak_episodes, output="\n".join(soak_lines)))
     args.output.write_text("".join(lines) + FOOTER)
-    print(f"{len(rows)} rows written to {args.output} ({summary.strip('= ')})")
-    return 0 if done.returncode == 0 else 1
+    print(f"{len(rows)} rows written to {args.output} ({summary.strip('= ')}); soak: {soak_lines[-1:]}")
+    return 0 if done.returncode == 0 and soak.returncode == 0 else 1
+
+
+SOAK = """
+## Chaos soak
+
+`python benchmarks/chaos_soak.py --seed {seed} --episodes {episodes}` (replay it with the same seed):
+one `flateval run` on 3 pairs under a seeded random schedule of faults. Agents apply theirs to
+themselves in exactly the episode the schedule names (SIGSTOP past the step deadline: that episode
+must be a `timeout`; SIGSTOP within it: nothing may change; SIGKILL: an `agent_error`); env workers
+are SIGKILLed, Redis is restarted on its append-only file, and episodes already scored are
+delivered again, first in line. Then: one result per episode, the cut episodes exactly the
+scheduled ones, every other score equal to stepping its env directly. `tests/test_chaos.py` runs
+a CI-sized schedule in the suite.
+
+```
+{output}
+```
+"""
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
         if not conn.set(store.reaped_key(job_id, job.started_at), 1, nx=True, ex=60):
             continue  # another reaper got there first
         conn.zrem(registry.key, entry)
-        queue.enqueue_job(job)
+        queue.enqueue_job(job, at_front=True)  # it was under way: it goes next, not after the whole queue
         requeued.append(job_id)
     return requeued
 
