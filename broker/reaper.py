@@ -17,6 +17,11 @@ from datetime import datetime, timezone
 
 import redis
 from rq.exceptions import NoSuchJobError
+
+try:
+    from rq.executions import Execution
+except ImportError:  # RQ 1 has no executions: its registry entries are plain job ids
+    Execution = None
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -54,9 +59,9 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
         except NoSuchJobError:
             conn.zrem(registry.key, entry)
             continue
-        started = job.started_at.replace(tzinfo=timezone.utc) if job.started_at else None
-        if started is not None and (now - started).total_seconds() < START_GRACE_S:
-            continue
+        started = _run_started(conn, entry, job)
+        if started is None or (now - started).total_seconds() < START_GRACE_S:
+            continue  # being started this very moment (no date yet), or just now: its lease is coming
         if _result_stored(conn, sid, job):
             continue  # played: its worker, past its lease, is telling (or restarting) its agent
         if not conn.set(store.reaped_key(job_id, job.started_at), 1, nx=True, ex=60):
@@ -65,6 +70,19 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
         queue.enqueue_job(job, at_front=True)  # it was under way: it goes next, not after the whole queue
         requeued.append(job_id)
     return requeued
+
+
+def _run_started(conn: redis.Redis, entry: str, job: Job) -> datetime | None:
+    """When this run of the job began: its RQ execution's creation (RQ 2+: the registry entry is
+    ``<job id>:<execution id>``), else the job's ``started_at``, which a re-run reuses from its last
+    run until the worker saves its own (so it cannot tell a run that is starting)."""
+    job_id, _, execution_id = entry.partition(":")
+    if execution_id and Execution is not None:
+        try:
+            return Execution.fetch(execution_id, job_id, connection=conn).created_at.astimezone(timezone.utc)
+        except Exception:  # the execution's hash is gone (expired): fall back on the job's date
+            pass
+    return job.started_at.replace(tzinfo=timezone.utc) if job.started_at else None
 
 
 def _result_stored(conn: redis.Redis, sid: str, job: Job) -> bool:
