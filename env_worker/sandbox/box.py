@@ -106,11 +106,14 @@ def absolute_command(command: str, cwd: str | None = None) -> str:
 
 def needed_paths(command: str, env: dict[str, str]) -> list[str]:
     """What an agent with a uid of its own must be able to reach: the Python running us (often in a
-    0700 home, e.g. pyenv's), agent_bridge, the directories the command and PYTHONPATH name."""
+    0700 home, e.g. pyenv's), the agent_bridge package, the directories the command and PYTHONPATH
+    name. Each is reached through the directories above it, shown only as far as needed: the package
+    itself, not the checkout it lives in (a clone in a 0700 ``mktemp -d`` folder shows the agent its
+    ``agent_bridge/`` and ``.venv/``, nothing else)."""
     import agent_bridge
 
     candidates = [os.path.dirname(os.path.realpath(sys.executable)), sys.base_prefix, sys.prefix, sys.exec_prefix,
-                  str(Path(agent_bridge.__file__).resolve().parent.parent)]
+                  str(Path(agent_bridge.__file__).resolve().parent)]
     try:
         words = shlex.split(command)
     except ValueError:
