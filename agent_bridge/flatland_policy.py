@@ -17,7 +17,6 @@ the agent's cores.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from typing import Any, Callable
@@ -30,15 +29,15 @@ class PolicyNotFound(Exception):
 
 
 def resolve_type(dotted: str | None, pkg: str | None, cls: str | None, what: str) -> type | None:
-    """flatland's `resolve_type`: ``pkg.module.Class`` split at its last dot, else pkg and cls."""
-    if dotted:
-        pkg, _, cls = dotted.rpartition(".")
-    if not pkg or not cls:
-        return None
+    """flatland's own `resolve_type` (``pkg.module.Class`` split at its last dot, else pkg and cls), its
+    failure one line."""
+    from flatland.utils.cli_utils import resolve_type as flatlands
+
     try:
-        return getattr(importlib.import_module(pkg), cls)
-    except (ImportError, AttributeError) as exc:
-        raise PolicyNotFound(f"cannot import the {what} {pkg}.{cls}: {type(exc).__name__}: {exc}") from None
+        return flatlands(dotted, pkg, cls)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise PolicyNotFound(f"cannot import the {what} {dotted or f'{pkg}.{cls}'}: {type(exc).__name__}: "
+                             f"{exc}") from None
 
 
 def default_obs_builder() -> Any:

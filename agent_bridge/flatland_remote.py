@@ -37,6 +37,7 @@ from typing import Any, Mapping
 from agent_bridge import protocol as wire
 from agent_bridge.flatland_replica import Replica, ReplicaDiverged
 from agent_bridge.router_endpoint import Request, RouterEndpoint
+from agent_bridge.server import plain_actions
 
 FLATLAND_RL_SERVICE_ID = os.getenv("AICROWD_SUBMISSION_ID", "T12345")
 
@@ -175,7 +176,7 @@ class FlatlandRemoteClient:
         episode = self._episode
         if episode is None:
             raise Exception("env_step without an episode: call env_create first (or the last one was cut)")
-        actions = {int(_value(handle)): int(_value(a)) for handle, a in (action or {}).items()}
+        actions = plain_actions(action or {})
         self.update_running_stats("inference_time(approx)", time.time() - self.last_env_step_time)
         request = self._answerable(episode)
         self._endpoint.reply(request, wire.act_reply(actions))
@@ -275,11 +276,6 @@ class FlatlandRemoteClient:
 
     def _log(self, text: str) -> None:
         print(f"[flateval FlatlandRemoteClient] {text}", file=sys.stderr, flush=True)
-
-
-def _value(value: Any) -> Any:
-    """RailEnvActions and numpy integers as plain ints (flatland's client does the same for enums)."""
-    return getattr(value, "value", value)
 
 
 def _end_on_sigterm(client: FlatlandRemoteClient) -> None:

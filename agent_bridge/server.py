@@ -35,8 +35,9 @@ class Policy(Protocol):
     def act(self, observations: Mapping[int, Any], info: Mapping[str, Any]) -> Any: ...
 
 
-def _plain_actions(actions: Any) -> Any:
-    """Turn numpy scalars and enums into plain ints so msgpack sends them as integers."""
+def plain_actions(actions: Any) -> Any:
+    """Turn numpy scalars and enums into plain ints so msgpack sends them as integers (what cannot
+    be turned is left for the env side to name)."""
     if isinstance(actions, Mapping):
         return {_plain_int(h): _plain_int(a) for h, a in actions.items()}
     return actions
@@ -104,7 +105,7 @@ class _Session:
 
     def _act(self, message: dict) -> dict:
         action = self.policy.act(_observations(message, self.single_agent), _step_info(message))
-        return wire.act_reply(_plain(action) if self.single_agent else _plain_actions(action))
+        return wire.act_reply(_plain(action) if self.single_agent else plain_actions(action))
 
     def handle(self, message: dict) -> dict:
         kind = message["type"]

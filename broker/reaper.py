@@ -64,7 +64,8 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
             continue  # being started this very moment (no date yet), or just now: its lease is coming
         if _result_stored(conn, sid, job):
             continue  # played: its worker, past its lease, is telling (or restarting) its agent
-        if not conn.set(store.reaped_key(job_id, job.started_at), 1, nx=True, ex=60):
+        run = entry if ":" in entry else f"{job_id}:{job.started_at}"  # RQ 2+: <job id>:<execution id>
+        if not conn.set(store.reaped_key(run), 1, nx=True, ex=60):
             continue  # another reaper got there first
         conn.zrem(registry.key, entry)
         queue.enqueue_job(job, at_front=True)  # it was under way: it goes next, not after the whole queue
@@ -93,13 +94,6 @@ def _result_stored(conn: redis.Redis, sid: str, job: Job) -> bool:
 
 
 def reap_open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[str]:
-    """`requeue_orphans` over the given (default: every open) submission."""
-    if sids is None:
-        sids = store.open_submissions(conn)
-    else:
-        sids = [sid for sid, status in zip(sids, store.get_statuses(conn, sids)) if status not in (None, *store.TERMINAL)]
-    requeued = []
-    for sid in sids:
-        requeued += requeue_orphans(conn, sid)
-    return requeued
+    """`requeue_orphans` over the open ones of the given (default: all) submissions."""
+    return [job for sid in store.open_submissions(conn, sids) for job in requeue_orphans(conn, sid)]
 

@@ -11,7 +11,7 @@ Keys (documented in docs/architecture.md):
                                             when a completion gate releases tests one by one
 - ``flateval:lease:<job id>``               string: the worker playing that episode job, renewed
                                             while it plays (see `broker.reaper`)
-- ``flateval:reaped:<job id>:<started>``    string: one reaper requeued that run of the job
+- ``flateval:reaped:<job id>:<run>``        string: one reaper requeued that run of the job
 - ``flateval:agent_slot:<i>``               string: the worker paired with compose's agent i
 - ``rq:queue:flateval-<id>``                RQ's list of the submission's queued episode jobs
 
@@ -58,13 +58,18 @@ def specs_key(sid: str) -> str:
 
 # Keys of one episode job, and of one compose agent: format them with the job id, the slot number.
 lease_key = "flateval:lease:{}".format  # the worker playing the job, renewed while it plays
-reaped_key = "flateval:reaped:{}:{}".format  # (job id, its start): set NX by the one reaper that requeues it
+reaped_key = "flateval:reaped:{}".format  # one run of a job: set NX by the one reaper that requeues it
 agent_slot_key = "flateval:agent_slot:{}".format  # the worker paired with compose's agent number <slot>
 
 
 # RQ's names for a submission's queue and jobs: RQ builds its own keys from these.
 def queue_name(sid: str) -> str:
     return f"flateval-{sid}"
+
+
+def submission_of_queue(queue: str) -> str:
+    """The submission id a queue name (`queue_name`) stands for."""
+    return queue.removeprefix("flateval-")
 
 
 def episode_job_id(sid: str, index: int) -> str:
@@ -262,9 +267,10 @@ def get_statuses(conn: redis.Redis, sids: list[str]) -> list[str | None]:
     return [status.decode() if status is not None else None for status in pipe.execute()]
 
 
-def open_submissions(conn: redis.Redis) -> list[str]:
-    """Ids of the submissions still to evaluate, oldest first."""
-    sids = [s.decode() for s in conn.zrange(SUBMISSIONS, 0, -1)]
+def open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[str]:
+    """Ids of the submissions still to evaluate (of `sids`, else of all), oldest first."""
+    if sids is None:
+        sids = [s.decode() for s in conn.zrange(SUBMISSIONS, 0, -1)]
     return [sid for sid, status in zip(sids, get_statuses(conn, sids)) if status not in (None, *TERMINAL)]
 
 

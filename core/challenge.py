@@ -247,14 +247,18 @@ def _phase(name: str, raw: Any, where: str, base: Phase, environment: str) -> Ph
     return phase
 
 
+def _beside(path: str, base_dir: Path | None) -> str:
+    """A path the challenge file names: relative to the file's folder, absolute as it is."""
+    return str((base_dir / path).resolve()) if base_dir and not Path(path).is_absolute() else path
+
+
 def _recording(raw: Any, base_dir: Path | None) -> Recording:
     raw = _mapping(raw if raw is not None else {}, "recording", tuple(f.name for f in fields(Recording)))
     directory = raw.get("dir")
     if directory is not None:
         if not isinstance(directory, str) or not directory:
             raise ChallengeError(f"recording.dir: expected a path, got {directory!r}")
-        directory = str((base_dir / directory).resolve()) if base_dir and not Path(directory).is_absolute() \
-            else directory
+        directory = _beside(directory, base_dir)
     videos = raw.get("videos", [])
     if not isinstance(videos, list) or not all(isinstance(v, str) and v for v in videos):
         raise ChallengeError(f"recording.videos: expected a list of episodes (e.g. Test_0/Level_1.pkl) or [all], "
@@ -290,7 +294,7 @@ def _parse(data: Any, base_dir: Path | None) -> Challenge:
     if test_set is not None:
         if not isinstance(test_set, str):
             raise ChallengeError(f"test_set: expected a path, got {test_set!r}")
-        test_set = str((base_dir / test_set).resolve()) if base_dir and not Path(test_set).is_absolute() else test_set
+        test_set = _beside(test_set, base_dir)
     base = Phase(name="defaults", scoring=Scoring(normalization=NORMALIZATIONS[environment][0]))
     defaults = _phase("defaults", data.get("defaults"), "defaults", base, environment)
     phases_raw = data["phases"]

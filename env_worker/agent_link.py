@@ -247,7 +247,9 @@ class AgentLink:
         sock = self._sock
         deadline = pending.sent + pending.timeout_s
         now = time.perf_counter()
-        if self.spin_s and spin_until_readable(sock, min(deadline, now + self.spin_s)):
+        # Looked at first even past the deadline: a reply that came while we were busy with our own
+        # work (loading our env while a replica loads its own) is the agent's in time, not late.
+        if spin_until_readable(sock, min(deadline, now + self.spin_s)):
             return self._recv_one(sock)
         lost_idle = pending.lost_idle
         dropped_at: float | None = None  # connection lost mid-request

@@ -39,7 +39,7 @@ from agent_bridge import protocol as wire
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
 from env_worker.agent_link import AgentFault, AgentLink, AgentProtocolFault
 from env_worker.sandbox import NO_SANDBOX, AgentUsage, Sandbox, SandboxError, SandboxSpec
-from env_worker.sandbox.usage import session_usage
+from env_worker.sandbox.usage import session_usage, stat_fields
 
 OUTPUT_TAIL_CHARS = 10_000
 
@@ -231,13 +231,12 @@ class AgentProcess:
         """The limit the agent broke since the last call, if any (see the module's docstring)."""
         if self.sandbox is None:
             return None
-        return self.sandbox.breach(self.output_tail(2000))
+        return self.sandbox.breach(lambda: self.output_tail(2000))
 
     def usage(self, reset_peak: bool = False) -> AgentUsage:
         """The agent's CPU seconds and peak memory so far (see the module's docstring)."""
-        if self.sandbox is not None:
-            return self.sandbox.usage(self.pid, reset_peak)
-        return session_usage(self.pid) if self.pid else AgentUsage(None, None, "none")
+        measured = self.sandbox.usage(reset_peak) if self.sandbox is not None else None
+        return measured or (session_usage(self.pid) if self.pid else AgentUsage(None, None, "none"))
 
     def output_tail(self, chars: int = OUTPUT_TAIL_CHARS) -> str:
         return agent_output_tail(self.log_path, chars)
@@ -246,12 +245,9 @@ class AgentProcess:
 def live_group_members(pgid: int) -> int:
     """How many processes of group `pgid` still run (zombies, which no one may reap here, excluded)."""
     count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = stat_fields(entry.name)
+        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
             count += 1
     return count
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from core.episode_spec import EpisodeSpec
 from env_worker.env_adapter import StepOutcome
-from scoring.episode import capped_normalized_return, normalized_return
+from core.outcomes import COMPLETED
+from scoring.episode import ScoreInputs, episode_score, percentage_complete
 
 KIND = "flatland-trajectory"
 FLATLAND_SCALE = 1.0  # flatland adds 1 to every normalized reward
@@ -36,10 +37,11 @@ FLATLAND_SCALE = 1.0  # flatland adds 1 to every normalized reward
 
 def trajectory_normalized_reward(per_agent: "list[float] | tuple[float, ...]", max_episode_steps: int,
                                  normalization: str) -> float:
-    """The ``trains_arrived`` normalized reward of an ended episode (see the module's docstring)."""
-    if normalization == "flatland":
-        return capped_normalized_return(list(per_agent), max_episode_steps, FLATLAND_SCALE)
-    return normalized_return(sum(per_agent), max_episode_steps, len(per_agent), FLATLAND_SCALE)
+    """The ``trains_arrived`` normalized reward of an ended episode (see the module's docstring): the
+    episode's score by the same formula, on flatland's scale."""
+    totals = ScoreInputs(float(sum(per_agent)), max_episode_steps, len(per_agent), None, tuple(per_agent))
+    scale = EpisodeSpec(env_path="", env_file="", normalization=normalization, score_offset=FLATLAND_SCALE)
+    return episode_score(COMPLETED, totals, scale)
 
 
 class FlatlandRecorder:
@@ -84,7 +86,7 @@ class FlatlandRecorder:
                 trajectory.rewards_dones_infos_collect(env_time=time + 1, agent_id=h, reward=rewards[h],
                                                        info={k: v[h] for k, v in info.items()}, done=dones[h])
                 per_agent[h] += rewards[h]
-        arrivals = sum(1 for a in self.agents if a.state == TrainState.DONE) / n if n else 0.0
+        arrivals = percentage_complete(sum(1 for a in self.agents if a.state == TrainState.DONE), n)
         normalized = None
         if self.done:
             normalized = trajectory_normalized_reward(per_agent, env._max_episode_steps, self.normalization)

@@ -73,11 +73,12 @@ def _plain(value: Any) -> Any:
 class GymnasiumEnv:
     """One single-agent gymnasium env, made fresh for one episode and reset with its seed."""
 
-    def __init__(self, env_id: str, seed: int) -> None:
+    def __init__(self, env_id: str, seed: int, render_mode: str | None = None) -> None:
+        """`render_mode`: gymnasium's (``rgb_array`` to replay an episode as frames, never while it is played)."""
         gymnasium = _gymnasium()
         self.env_id, self.seed = env_id, seed
         try:
-            self.env = gymnasium.make(env_id)
+            self.env = gymnasium.make(env_id, **({"render_mode": render_mode} if render_mode else {}))
         except Exception as exc:  # unknown id, missing dependency, a broken env: one line
             text = str(exc).strip().splitlines()
             raise EnvLoadError(f"cannot make gymnasium env {env_id!r}: {text[0] if text else type(exc).__name__}") \

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from env_worker.gymnasium_recorder import FILE as GYMNASIUM_FILE
+
 MANIFEST = "manifest.json"
 ATTEMPT = "attempt.json"
 PARTIAL = ".partial"
@@ -127,7 +129,7 @@ class FoundEpisode:
 
 def _looks_recorded(folder: Path) -> bool:
     return any((folder / name).exists() for name in (MANIFEST, ATTEMPT, "serialised_state", "event_logs",
-                                                     "episode.jsonl"))
+                                                     GYMNASIUM_FILE))
 
 
 def _classify(folder: Path, in_partial: bool) -> FoundEpisode:

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.episode_spec import EpisodeSpec, selects_episode
+from core.episode_spec import EpisodeSpec, parse_env, selects_episode
+from core.settings import GYMNASIUM
 from env_worker import record_folder
 from env_worker.env_adapter import StepOutcome
 from env_worker.flatland_recorder import FlatlandRecorder
@@ -39,8 +40,8 @@ RESULT_FIELDS = ("outcome", "normalized_return", "percentage_complete", "steps",
 
 
 def recorder_for(folder: Path, adapter: Any, spec: EpisodeSpec) -> Any:
-    """The recorder of this env adapter's kind."""
-    if hasattr(adapter, "env_id"):
+    """The recorder of the episode's env kind."""
+    if parse_env(spec.env)[0] == GYMNASIUM:
         return GymnasiumRecorder(folder, adapter, spec)
     return FlatlandRecorder(folder, adapter, spec)
 

@@ -73,26 +73,22 @@ def flatland_frames(folder: Path, ep_id: str, steps: int, rewards: str | None = 
 
 def gymnasium_frames(folder: Path) -> Iterator[np.ndarray]:
     """steps + 1 RGB frames of a recorded gymnasium episode, from the env's ``rgb_array`` render."""
-    import gymnasium
-
-    from env_worker.gymnasium_env import describe_space
-    from agent_bridge import protocol as wire
+    from env_worker.env_adapter import EnvLoadError
+    from env_worker.gymnasium_env import GymnasiumEnv
 
     header, steps = read_episode(folder)
+    try:  # as it was played, with frames: no rgb_array mode, a missing renderer (pygame) is one line
+        adapter = GymnasiumEnv(header["env_id"], header["seed"], render_mode="rgb_array")
+    except EnvLoadError as exc:
+        raise RenderError(f"cannot render {header['env_id']}: {exc}") from None
     try:
-        env: Any = gymnasium.make(header["env_id"], render_mode="rgb_array")
-    except Exception as exc:  # no rgb_array mode, a missing renderer dependency (pygame): one line
-        text = str(exc).strip().splitlines()
-        raise RenderError(f"cannot render {header['env_id']}: {text[0] if text else type(exc).__name__}") from None
-    try:
-        space = describe_space(env.action_space)
-        env.reset(seed=header["seed"])
-        yield _rendered(env, header["env_id"])
+        adapter.reset()
+        yield _rendered(adapter.env, header["env_id"])
         for row in steps:
-            env.step(wire.parse_action({"actions": row["action"]}, space))
-            yield _rendered(env, header["env_id"])
+            adapter.step(adapter.parse_actions({"actions": row["action"]}))
+            yield _rendered(adapter.env, header["env_id"])
     finally:
-        env.close()
+        adapter.release()
 
 
 def _rendered(env: Any, env_id: str) -> np.ndarray:

@@ -35,7 +35,7 @@ from core.outcomes import ENV_ERROR, STOPPED
 from env_worker import record_folder as rf
 from env_worker.flatland_recorder import KIND as FLATLAND_KIND, trajectory_normalized_reward
 from env_worker.gymnasium_recorder import KIND as GYMNASIUM_KIND, read_episode
-from scoring.episode import ScoreInputs, episode_score
+from scoring.episode import ScoreInputs, episode_score, percentage_complete
 
 VERIFIED, MISMATCH, TAMPERED, INCOMPLETE, SUPERSEDED, MISSING, SKIPPED, ERROR = (
     "verified", "mismatch", "tampered", "incomplete", "superseded", "missing", "skipped", "error")
@@ -70,7 +70,6 @@ class Verdict:
     arrivals: float | None = None
     trajectory_reward: float | None = None  # flatland's normalized reward (trains_arrived), or the return
     score: float | None = None  # the result's normalized return, as checked
-    folder: str | None = None
     superseded_by_complete: bool = field(default=False)
 
     @property
@@ -169,19 +168,17 @@ def verify_all(targets: Iterable[Target], workers: int = 1) -> list[Verdict]:
 def verify_target(target: Target) -> Verdict:
     folder = Path(target.folder) if target.folder else None
     if target.state in (MISSING, SKIPPED):
-        return Verdict(target.episode, target.state, target.detail, folder=target.folder)
+        return Verdict(target.episode, target.state, target.detail)
     if target.state == rf.INCOMPLETE:
         attempt = rf.read_json(folder / rf.ATTEMPT) or {}
         who = f" by {attempt['worker']}" if attempt.get("worker") else ""
         return Verdict(target.episode, INCOMPLETE, f"an attempt{who} that never finished (its worker stopped "
-                                                   "mid-episode)", folder=target.folder)
+                                                   "mid-episode)")
     if target.state == rf.SUPERSEDED:
-        return Verdict(target.episode, SUPERSEDED, "an earlier complete recording, replaced by a re-run",
-                       folder=target.folder)
+        return Verdict(target.episode, SUPERSEDED, "an earlier complete recording, replaced by a re-run")
     if target.state == rf.UNKNOWN:
-        return Verdict(target.episode, TAMPERED, f"no {rf.MANIFEST}: not a complete flateval recording",
-                       folder=target.folder)
-    verdict = Verdict(target.episode, VERIFIED, folder=target.folder)
+        return Verdict(target.episode, TAMPERED, f"no {rf.MANIFEST}: not a complete flateval recording")
+    verdict = Verdict(target.episode, VERIFIED)
     try:
         manifest = _untampered(folder, target.claims)
     except Mismatch as exc:
@@ -223,7 +220,6 @@ def _untampered(folder: Path, claims: dict[str, Any] | None) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Replayed:
     steps: int
-    done: bool
     n_agents: int
     per_agent: tuple[float, ...]
     n_done: int | None  # None: no notion of arrival (gymnasium)
@@ -283,7 +279,7 @@ def _replay_flatland(folder: Path, manifest: dict[str, Any]) -> Replayed:
         if not _close(trajectory_reward, expected):
             raise Mismatch(f"trains_arrived says normalized reward {trajectory_reward}, the replayed rewards give "
                            f"{expected}")
-    return Replayed(steps, done, n, per_agent, n_done, int(env._max_episode_steps), trajectory_reward)
+    return Replayed(steps, n, per_agent, n_done, int(env._max_episode_steps), trajectory_reward)
 
 
 def _replay_gymnasium(folder: Path, manifest: dict[str, Any]) -> Replayed:
@@ -314,7 +310,7 @@ def _replay_gymnasium(folder: Path, manifest: dict[str, Any]) -> Replayed:
     done = bool(rows and rows[-1]["done"])
     if done != bool(manifest["recorded"]["done"]) or len(rows) != int(manifest["recorded"]["steps"]):
         raise Mismatch("episode.jsonl and the manifest disagree on the steps recorded")
-    return Replayed(len(rows), done, 1, (totals.cumulative_reward,), None, totals.max_episode_steps,
+    return Replayed(len(rows), 1, (totals.cumulative_reward,), None, totals.max_episode_steps,
                     totals.cumulative_reward)
 
 
@@ -325,7 +321,7 @@ def _check_result(replayed: Replayed, manifest: dict[str, Any], result: dict[str
     verdict.score = result.get("normalized_return")
     total = sum(replayed.per_agent)
     if replayed.n_done is not None:
-        verdict.arrivals = replayed.n_done / replayed.n_agents if replayed.n_agents else 0.0
+        verdict.arrivals = percentage_complete(replayed.n_done, replayed.n_agents)
     if result.get("steps") != replayed.steps:
         raise Mismatch(f"the result says {result.get('steps')} steps, the recording has {replayed.steps}")
     if verdict.arrivals is not None and not _close(result.get("percentage_complete"), verdict.arrivals):

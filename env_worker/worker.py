@@ -92,7 +92,7 @@ def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], context: Work
     try:
         while True:
             names = queues()
-            reaper.reap_open_submissions(conn, [q.removeprefix("flateval-") for q in names])
+            reaper.reap_open_submissions(conn, [store.submission_of_queue(q) for q in names])
             if names and _work(conn, names, context, burst):
                 return
             if burst:

@@ -3,7 +3,6 @@ its results (next to its recordings, so that `flateval verify DIR` checks the sc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from env_worker.verify import RESULTS_FILE, Verdict
+from flateval.progress import fmt
+from flateval.results_file import results_json
 
 
 def save_recorded_results(document: dict[str, Any], record_dir: str) -> str:
@@ -18,15 +19,9 @@ def save_recorded_results(document: dict[str, Any], record_dir: str) -> str:
     folder = Path(record_dir) / str(document["submission_id"])
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{RESULTS_FILE}.tmp"
-    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    tmp.write_text(results_json(document))
     tmp.rename(folder / RESULTS_FILE)
     return f"episodes recorded in {folder} (check them: flateval verify {folder})"
-
-
-def _fmt(value: Any, percent: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.0%}" if percent else f"{value:.6f}" if isinstance(value, float) else str(value)
 
 
 def print_verdicts(verdicts: Sequence[Verdict]) -> None:
@@ -37,8 +32,8 @@ def print_verdicts(verdicts: Sequence[Verdict]) -> None:
         table.add_column(column, justify=justify, no_wrap=True)
     for v in verdicts:
         status = v.status if not v.superseded_by_complete else f"{v.status} (re-run verified)"
-        table.add_row(v.episode, _fmt(v.steps), _fmt(v.arrivals, percent=True), _fmt(v.trajectory_reward),
-                      _fmt(v.score), status)
+        table.add_row(v.episode, fmt(v.steps), fmt(v.arrivals, percent=True), fmt(v.trajectory_reward),
+                      fmt(v.score), status)
     longest = max((len(v.episode) for v in verdicts), default=0)
     Console(width=max(Console().width, longest + 90)).print(table)  # never cut an episode's name
 

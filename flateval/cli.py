@@ -32,11 +32,13 @@ def _redis_url(url: str | None) -> str:
 
 
 def _write_json(document: Any, output: str | None) -> None:
-    text = json.dumps(document, indent=2, default=str)
+    from flateval.results_file import results_json
+
+    text = results_json(document)
     if output:
-        Path(output).write_text(text + "\n")
+        Path(output).write_text(text)
     else:
-        click.echo(text)
+        click.echo(text, nl=False)
 
 
 LOCAL_EPISODE_ID = ""

@@ -308,13 +308,12 @@ def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
     fail it when its time runs out or its pairs cannot be kept alive."""
     seen = -1
     reaped_at = 0.0
-    while True:
-        record = store.get_submission(conn, sid)
-        count = store.count_results(conn, sid)
+    while True:  # two small reads a poll; the record and the results only when a result came
+        status, count = store.get_status(conn, sid), store.count_results(conn, sid)
         if on_progress and count != seen:
             seen = count
-            on_progress(store.get_results(conn, sid), record)
-        if record.status in store.TERMINAL:
+            on_progress(store.get_results(conn, sid), store.get_submission(conn, sid))
+        if status in store.TERMINAL:
             return
         if stop_rules.check_deadline(conn, sid, deadline):
             return

@@ -11,6 +11,7 @@ from rich.table import Table
 from broker.store import CANCELLED, FAILED, TERMINAL, Submission
 from core.outcomes import AGENT_ERROR, ENV_ERROR, TIMEOUT
 from scoring.aggregate import primary_score
+from scoring.export import episodes_played
 
 console = Console(stderr=True)
 
@@ -88,22 +89,25 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def fmt(value: Any, percent: bool = False) -> str:
+    """A table cell: floats to 6 places (or as a percentage), "-" for none."""
+    if value is None:
+        return "-"
+    return f"{value:.0%}" if percent else f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
 def print_score(document: dict) -> None:
     score = document["score"]
     table = Table(title=f"submission {document['submission_id']}: {document['status']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
 
-    def fmt(value: Any) -> str:
-        return "-" if value is None else f"{value:.6f}" if isinstance(value, float) else str(value)
-
     table.add_row("mean normalized return", fmt(score.get("mean_normalized_return")))
     if (document.get("settings") or {}).get("env", "flatland") == "flatland":
         table.add_row("mean percentage complete", fmt(score.get("mean_percentage_complete")))
     else:  # gymnasium: no completion; the mean raw return (the primary may be normalized)
         table.add_row("mean return", fmt(score.get("mean_return")))
-    planned = document.get("planned_episodes") or document.get("n_episodes")
-    table.add_row("episodes", f"{len(document['episodes'])} of {planned}")
+    table.add_row("episodes", episodes_played(document))
     for outcome, count in (score.get("outcomes") or {}).items():
         table.add_row(f"  {outcome}", str(count))
     wall = document["timing"].get("wall_s")

@@ -13,6 +13,11 @@ RESULTS_DIR = "flateval-results"
 """Relative to the current folder: ./flateval-results/<submission id>.json."""
 
 
+def results_json(document: dict[str, Any]) -> str:
+    """The results document as every file of it is written."""
+    return json.dumps(document, indent=2, default=str) + "\n"
+
+
 def default_results_path(submission_id: str, root: Path | None = None) -> Path:
     """./flateval-results/<id>.json (relative, as it is printed), or under `root`."""
     return (root or Path()) / RESULTS_DIR / f"{submission_id}.json"
@@ -21,7 +26,7 @@ def default_results_path(submission_id: str, root: Path | None = None) -> Path:
 def save_results(document: dict[str, Any], output: str | None) -> tuple[Path, str | None]:
     """Write the results document to `output`, else to the default path; returns where it went and,
     when the first choice could not be written, one line saying why."""
-    text = json.dumps(document, indent=2, default=str) + "\n"
+    text = results_json(document)
     sid = str(document.get("submission_id") or "results")
     choices = [Path(output)] if output else []
     choices += [default_results_path(sid), default_results_path(sid, Path(tempfile.gettempdir()))]

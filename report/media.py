@@ -34,14 +34,15 @@ def locate(path: str, folder: Path) -> Path:
 
 
 def media(path: str, folder: Path, link_from: Path | None, embed: bool) -> Media:
-    """Find `path`; with `embed`, inline it when it is a video or animation of a sensible size."""
+    """Find `path` (a file, or a folder: a recorded trajectory is one); with `embed`, inline it when
+    it is a video or animation of a sensible size."""
     found = locate(path, folder)
-    if not found.is_file():
+    if not found.exists():
         return Media(path, None, note="not found")
     href = _href(found, link_from)
     suffix = found.suffix.lower()
     mime, kind = (VIDEO_TYPES.get(suffix), "video") if suffix in VIDEO_TYPES else (IMAGE_TYPES.get(suffix), "image")
-    if not embed or mime is None:
+    if not embed or mime is None or not found.is_file():
         return Media(path, href, note=None if not embed else f"not a video ({suffix or 'no suffix'})")
     size = found.stat().st_size
     if size > MAX_EMBED_BYTES:

@@ -43,8 +43,12 @@ class Episode:
     @property
     def response(self) -> Mapping[str, Any]:
         """The agent's response times: count, mean_s, max_s, planning_s, p50_s, p95_s (any may be absent)."""
-        value = self.record.get("agent_response")
-        return value if isinstance(value, Mapping) else {}
+        return section(self.record, "agent_response")
+
+    @property
+    def missed_a_step(self) -> bool:
+        """A timeout after the first actions: the step deadline was missed, not the planning one."""
+        return self.outcome == TIMEOUT and self.get("steps", 0) > 0
 
     @property
     def trains_home(self) -> int | None:
@@ -84,13 +88,11 @@ class Submission:
     # ------------------------------------------------------------------ facts
     @property
     def settings(self) -> Mapping[str, Any]:
-        value = self.document.get("settings")
-        return value if isinstance(value, Mapping) else {}
+        return section(self.document, "settings")
 
     @property
     def score(self) -> Mapping[str, Any]:
-        value = self.document.get("score")
-        return value if isinstance(value, Mapping) else {}
+        return section(self.document, "score")
 
     @property
     def env(self) -> str:
@@ -130,18 +132,15 @@ class Submission:
 
     @property
     def wall_s(self) -> float | None:
-        timing = self.document.get("timing")
-        return number(timing.get("wall_s")) if isinstance(timing, Mapping) else None
+        return number(section(self.document, "timing").get("wall_s"))
 
     @property
     def submitted_at(self) -> float | None:
-        timing = self.document.get("timing")
-        return number(timing.get("submitted_at")) if isinstance(timing, Mapping) else None
+        return number(section(self.document, "timing").get("submitted_at"))
 
     @property
     def agent_logs(self) -> Mapping[str, str]:
-        value = self.document.get("agent_logs")
-        return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+        return {str(k): str(v) for k, v in section(self.document, "agent_logs").items()}
 
     def count(self, *outcomes: str) -> int:
         return sum(e.outcome in outcomes for e in self.episodes)
@@ -200,6 +199,12 @@ def _slug(text: str) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def section(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """`parent[key]` if it is a JSON object, else an empty one: a hand-edited document must not break the page."""
+    value = parent.get(key)
+    return value if isinstance(value, Mapping) else {}
 
 
 def number(value: Any) -> float | None:

@@ -10,8 +10,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from core.challenge import NORMALIZATIONS
+from core.outcomes import COMPLETED, TIMEOUT
+from core.settings import FLATLAND
 from report.media import Media, media
-from report.model import Episode, Submission, number
+from report.model import Episode, Submission, number, section
 from report.outcomes import STYLES, style
 from report.plots import plots
 from report.units import percent, score, seconds, size
@@ -25,7 +28,7 @@ LOG_TAIL_LINES = 30
 DASH = "\u2013"
 NARROW_SCREEN = "(max-width: 40rem)"
 """Where the page switches to its phone layout (style.css's breakpoint) and the plots to their narrow drawing."""
-FLATLAND_SCALES = ("seed", "flatland")
+FLATLAND_SCALES = NORMALIZATIONS[FLATLAND]
 """Normalizations whose scores lie in [offset - 1, offset]: the grid's shading uses that fixed range."""
 
 
@@ -238,7 +241,7 @@ Select a cell for the episode's detail.</p>
 
 def _shading(sub: Submission) -> tuple[float, float]:
     """The range of normalized return the completed cells' shading spans."""
-    if not sub.is_gymnasium and sub.settings.get("normalization", "seed") in FLATLAND_SCALES:
+    if not sub.is_gymnasium and sub.settings.get("normalization", FLATLAND_SCALES[0]) in FLATLAND_SCALES:
         offset = number(sub.settings.get("score_offset")) or 0.0
         return offset - 1.0, offset
     values = [e.normalized_return for e in sub.episodes if e.normalized_return is not None]
@@ -260,7 +263,7 @@ def _cell(sub: Submission, episode: Episode | None, shade: tuple[float, float]) 
     if episode.trains_home is not None and not sub.is_gymnasium:
         words += f", {episode.trains_home} of {episode.record.get('n_agents')} trains home"
     colours = ""
-    if episode.outcome == "completed" and nr is not None:
+    if episode.outcome == COMPLETED and nr is not None:
         background, ink = _green(nr, *shade)
         colours = f' style="--bg:{background};--ink:{ink}"'
     return (f'<td class="cell o-{escape(look.outcome)}" data-outcome="{escape(str(episode.outcome))}"{colours}>'
@@ -299,7 +302,7 @@ def _contrast(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def _legend(sub: Submission, shade: tuple[float, float]) -> str:
-    present = [o for o in STYLES if sub.count(o)] or ["completed"]
+    present = [o for o in STYLES if sub.count(o)] or [COMPLETED]
     items = "".join(
         f'<li><span class="swatch o-{o}" aria-hidden="true">{STYLES[o].symbol}</span> {escape(STYLES[o].label)}'
         f'{" (not scored)" if not STYLES[o].scored else ""}</li>' for o in present)
@@ -328,8 +331,7 @@ def _plots(sub: Submission, h: list[str]) -> str:
 # ---------------------------------------------------------------------------- episode details
 def _usage(record: Mapping[str, Any], key: str, unit: Callable[[float], str]) -> str | None:
     """What the agent used in the episode (`agent_usage`), where it was measured."""
-    usage = record.get("agent_usage")
-    value = number(usage.get(key)) if isinstance(usage, Mapping) else None
+    value = number(section(record, "agent_usage").get(key))
     return None if value is None else unit(value)
 
 
@@ -393,8 +395,8 @@ def _response(sub: Submission, episode: Episode) -> str:
         return ""
     body = "".join(f'<tr><th scope="row">{escape(name)}</th><td class="num">{seconds(value)}</td>'
                    f'<td>{_share(value, limit)}</td></tr>' for name, value, limit in rows)
-    if episode.outcome == "timeout":  # the reply that never came is the one that matters
-        limit = step_limit if episode.get("steps", 0) > 0 else planning_limit
+    if episode.outcome == TIMEOUT:  # the reply that never came is the one that matters
+        limit = step_limit if episode.missed_a_step else planning_limit
         body += (f'<tr class="missed"><th scope="row">Missed reply</th><td class="num">&gt; {seconds(limit)}</td>'
                  f'<td>{_share(limit, limit, missed=True)}</td></tr>')
     count = response.get("count")
@@ -454,7 +456,7 @@ def _log_tail(sub: Submission, episode: Episode) -> str:
     lines = _clean(log).rstrip("\n").split("\n")
     tail = "\n".join(lines[-LOG_TAIL_LINES:])
     shown = "the last line" if len(lines) == 1 else f"the last {min(len(lines), LOG_TAIL_LINES)} lines"
-    opened = " open" if episode.outcome not in ("completed", None) else ""
+    opened = " open" if episode.outcome not in (COMPLETED, None) else ""
     return (f'<details class="log"{opened}><summary>Agent log of <code>{escape(str(worker))}</code> '
             f'({shown})</summary><pre>{escape(tail)}</pre>'
             f'<p><a href="#{sub.log_anchor(str(worker))}">The whole stored log</a></p></details>')

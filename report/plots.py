@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator
 
+from core.outcomes import TIMEOUT
 from report.model import Episode, Submission
 from report.outcomes import style
 from report.units import seconds
@@ -135,7 +136,7 @@ def response_plot(submission: Submission) -> Plot | None:
     if not rows:
         return None
     deadline = submission.step_deadline_s
-    timeouts = [e for e in submission.episodes if e.outcome == "timeout" and e.get("steps", 0) > 0]
+    timeouts = [e for e in submission.episodes if e.missed_a_step]
 
     def draw(ax: Axes) -> None:
         for y, (key, _) in enumerate(rows):
@@ -151,7 +152,7 @@ def response_plot(submission: Submission) -> Plot | None:
                         color="#B42318")
             if timeouts:
                 ax.scatter([deadline] * len(timeouts), [len(rows) - 1 + dy for dy in _spread(len(timeouts), 0.3)],
-                           marker=">", s=60, color=style("timeout").color, edgecolors=INK, linewidths=0.6, zorder=4)
+                           marker=">", s=60, color=style(TIMEOUT).color, edgecolors=INK, linewidths=0.6, zorder=4)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, numticks=4 if _narrow(ax) else "auto"))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: seconds(v, digits=1)))
@@ -163,7 +164,7 @@ def response_plot(submission: Submission) -> Plot | None:
 
     extra = []
     if timeouts and deadline:
-        extra.append(Line2D([], [], marker=">", linestyle="", markersize=7, color=style("timeout").color,
+        extra.append(Line2D([], [], marker=">", linestyle="", markersize=7, color=style(TIMEOUT).color,
                             markeredgecolor=INK, label="missed the deadline"))
     shown = [e for e in submission.episodes if any(_positive(e.response.get(k)) for k, _ in rows)]
     image = _render(f"{submission.prefix}response", draw, shown + timeouts, extra, height=2.2 + 0.35 * len(rows))

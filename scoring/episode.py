@@ -80,28 +80,22 @@ def percentage_complete(n_done: int, n_agents: int) -> float:
 class ResponseStats:
     """Agent response times (our message sent -> its reply received), in seconds."""
 
-    count: int = 0
-    total_s: float = 0.0
-    max_s: float = 0.0
     planning_s: float = 0.0
     time_bank_left_s: float | None = None  # None: the episode had no time bank
-    samples: list[float] = field(default_factory=list, repr=False)  # step responses, for p50/p95
+    samples: list[float] = field(default_factory=list, repr=False)  # every step's: the per-step path appends
 
     def add(self, seconds: float) -> None:
         self.samples.append(seconds)
-        self.count += 1
-        self.total_s += seconds
-        if seconds > self.max_s:
-            self.max_s = seconds
 
     def as_dict(self) -> dict:
+        samples = self.samples
         return {
-            "count": self.count,
-            "mean_s": self.total_s / self.count if self.count else None,
-            "max_s": self.max_s if self.count else None,
+            "count": len(samples),
+            "mean_s": sum(samples) / len(samples) if samples else None,
+            "max_s": max(samples) if samples else None,
             "planning_s": self.planning_s,
-            "p50_s": percentile(self.samples, 50),
-            "p95_s": percentile(self.samples, 95),
+            "p50_s": percentile(samples, 50),
+            "p95_s": percentile(samples, 95),
             "time_bank_left_s": self.time_bank_left_s,
         }
 

@@ -53,6 +53,12 @@ def _named(prefix: str, number: Any) -> str:
     return "" if number is None else f"{prefix}_{number}"
 
 
+def episodes_played(document: dict[str, Any]) -> str:
+    """"3 of 8": the episodes scored, of those planned (a completion gate may have stopped early)."""
+    planned = document.get("planned_episodes") or document.get("n_episodes")
+    return f"{len(_episodes(document))} of {planned}"
+
+
 def to_evalai(document: dict[str, Any], split: str | None = None) -> list[dict[str, Any]]:
     """The list EvalAI's submission-update endpoint takes as ``result`` (see docs/evalai.md)."""
     _episodes(document)
@@ -67,6 +73,5 @@ def to_evalai(document: dict[str, Any], split: str | None = None) -> list[dict[s
         accuracies["percentage_complete"] = float(secondary)
     entry = {"split": split, "show_to_participant": True, "accuracies": accuracies}
     if document.get("stopped_by"):  # EvalAI reads split, accuracies and show_to_participant only: this is the host's
-        planned = document.get("planned_episodes") or document.get("n_episodes")
-        entry.update(stopped_by=document["stopped_by"], episodes=f"{len(document['episodes'])} of {planned}")
+        entry.update(stopped_by=document["stopped_by"], episodes=episodes_played(document))
     return [entry]

@@ -20,6 +20,7 @@ import redis as redis_lib
 
 from broker import cleanup, store
 from broker.embedded_redis import start_redis
+from env_worker.agent_process import live_group_members
 from tests.conftest import free_port, slow_agent
 from tests.test_run import DO_NOTHING, FLATEVAL, check_against_direct, flateval, leftover_processes
 
@@ -51,13 +52,7 @@ def stop_process(process: subprocess.Popen, grace_s: float = 30) -> None:
 
 def _kill_group(pgid: int) -> bool:
     """Kill a process group; True if a live process (not a zombie waiting for init) was in it."""
-    live = False
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError):
-            continue
-        live = live or (int(group) == pgid and state != "Z")
+    live = live_group_members(pgid) > 0
     if live:
         os.killpg(pgid, signal.SIGKILL)
     return live

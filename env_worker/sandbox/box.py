@@ -23,14 +23,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from core.settings import TEST_SET_DIR_ENV
 from env_worker.sandbox import cgroups, launcher
 from env_worker.sandbox.environment import sandboxed_environment
 from env_worker.sandbox.report import Report
 from env_worker.sandbox.spec import SandboxSpec, format_bytes, format_cores
-from env_worker.sandbox.usage import AgentUsage, session_usage
+from env_worker.sandbox.usage import AgentUsage
 
 AGENT_UID_BASE = 1_800_000_000
 """Agent uids are this plus 16 x the worker's pid plus a counter: unique among the live workers of
@@ -283,9 +283,9 @@ class Sandbox:
 
     # ------------------------------------------------------------------------ while it runs
 
-    def breach(self, output: str = "") -> str | None:
-        """The limit the agent broke since the last call (or its start), named for the user; `output`:
-        the tail of its log (under RLIMIT_AS a breach is a MemoryError there)."""
+    def breach(self, output: Callable[[], str] = lambda: "") -> str | None:
+        """The limit the agent broke since the last call (or its start), named for the user; `output`
+        gives the tail of its log, read only under RLIMIT_AS (a breach is a MemoryError there)."""
         events = self.cgroup.events() if self.cgroup else {}
         new = {key: value - self._events_seen.get(key, 0) for key, value in events.items()}
         self._events_seen = events
@@ -293,16 +293,17 @@ class Sandbox:
             return f"memory limit {format_bytes(self.spec.memory_bytes)} exceeded"
         if new.get("pids_max"):
             return f"process limit {self.spec.pids} reached"
-        if "AS" in self._rlimits and "MemoryError" in output[-2000:]:
+        if "AS" in self._rlimits and "MemoryError" in output():
             return f"memory limit {format_bytes(self.spec.memory_bytes)} exceeded (RLIMIT_AS)"
         return None
 
-    def usage(self, session: int | None, reset_peak: bool = False) -> AgentUsage:
+    def usage(self, reset_peak: bool = False) -> AgentUsage | None:
+        """From the agent's cgroup; None when it has none that can tell (the caller falls back)."""
         if self.cgroup is not None:
             cpu, peak = self.cgroup.cpu_seconds(), self.cgroup.peak_memory(reset_peak)
             if cpu is not None and peak is not None:
                 return AgentUsage(cpu, peak)
-        return session_usage(session) if session else AgentUsage(None, None, "none")
+        return None
 
     def stopped(self) -> None:
         """After the launcher is gone: kill whatever escaped the pid namespace (none where there is

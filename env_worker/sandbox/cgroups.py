@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from env_worker.sandbox.usage import stat_fields
+
 CFS_PERIOD_US = 100_000
 LIMITED = ("memory", "cpu", "cpuset", "pids")
 PREFIX = "flateval-agent-"
@@ -136,8 +138,8 @@ def _read_int(path: Path, key: str | None = None) -> int | None:
 class AgentCgroup:
     """One agent's cgroup in every hierarchy that gives it something; `remove()` when it is empty."""
 
-    def __init__(self, name: str, where: Layout | None = None) -> None:
-        self.layout = where or layout()
+    def __init__(self, name: str) -> None:
+        self.layout = layout()
         self.dirs: dict[Hierarchy, Path] = {}
         self.failed: dict[str, str] = {}
         self._peak_fd: int | None = None
@@ -295,9 +297,9 @@ class AgentCgroup:
         self.dirs = {}
 
 
-def cores_in_use(where: Layout | None = None) -> dict[int, int]:
+def cores_in_use() -> dict[int, int]:
     """How many live agent cgroups hold each core in their cpuset (core -> count)."""
-    hierarchy = (where or layout()).by_controller.get("cpuset")
+    hierarchy = layout().by_controller.get("cpuset")
     counts: dict[int, int] = {}
     if hierarchy is None:
         return counts
@@ -323,10 +325,8 @@ def _read_text(path: Path) -> str:
 
 def alive(pid: int) -> bool:
     """A process that runs (a zombie is only waiting to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def cgroup_name() -> str:
@@ -334,10 +334,10 @@ def cgroup_name() -> str:
     return f"{PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
 
 
-def remove_stale(where: Layout | None = None) -> None:
+def remove_stale() -> None:
     """Agent cgroups left by workers that were killed: the empty directories only, since their
     processes died with them."""
-    for hierarchy in (where or layout()).hierarchies():
+    for hierarchy in layout().hierarchies():
         try:
             names = [p for p in hierarchy.own.iterdir() if _STALE.match(p.name)]
         except OSError:

@@ -125,7 +125,7 @@ def unshare_namespaces(network: bool, may_use_userns: bool, on: dict, off: dict)
                 pass
             else:  # an OSError here is fatal: in an unmapped namespace no file can be made
                 _map_own_ids(uid, gid)
-                got, how = every, " (user namespace)"
+                got, how = every, "user namespace"
         if not got:
             for name, flag in wanted.items():
                 try:
@@ -135,7 +135,7 @@ def unshare_namespaces(network: bool, may_use_userns: bool, on: dict, off: dict)
                     off[name] = f"unshare: {one.strerror}"
     for name, flag in wanted.items():
         if got & flag:
-            on[name] = how.strip(" ()")
+            on[name] = how
     if got & CLONE_NEWNET:
         try:
             _loopback_up()

@@ -26,6 +26,15 @@ class AgentUsage:
         return max(0.0, self.cpu_s - earlier.cpu_s)
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first: "R", "S", "Z", ...; then
+    ppid, pgrp, session, ...); None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def session_usage(session: int) -> AgentUsage:
     """Sum CPU time and peak resident memory over the live processes of one session."""
     cpu_ticks, peak = 0, 0
@@ -33,8 +42,8 @@ def session_usage(session: int) -> AgentUsage:
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) != session:  # field 6 of stat: the session id
+            fields = stat_fields(entry.name)
+            if fields is None or int(fields[3]) != session:  # field 6 of stat: the session id
                 continue
             cpu_ticks += int(fields[11]) + int(fields[12])  # utime, stime
             for line in (entry / "status").read_text().splitlines():
