@@ -262,6 +262,20 @@ def test_the_environment_is_an_allowlist():
     assert env["OMP_NUM_THREADS"] == "64" and env["MKL_NUM_THREADS"] == "2"
 
 
+def test_the_agent_is_shown_the_paths_its_command_names(tmp_path):
+    """Directories named in the command, also as ``NAME=/a:/b`` assignments (how a participant points
+    PYTHONPATH at a Policy package), are made reachable for an agent of another uid."""
+    from env_worker.sandbox.box import needed_paths
+
+    package, script, other = tmp_path / "sub", tmp_path / "bin" / "agent.py", tmp_path / "other"
+    for folder in (package, script.parent, other):
+        folder.mkdir()
+    script.write_text("")
+    found = needed_paths(f"cd {tmp_path} && PYTHONPATH={package}:relative python {script}", {"PYTHONPATH": str(other)})
+    assert {str(package), str(script.parent), str(other), str(tmp_path)} <= set(found)
+    assert "relative" not in found and len(found) == len(set(found))
+
+
 # ------------------------------------------------------------------------------------ one agent
 
 BURN = """
@@ -606,11 +620,16 @@ def test_as_a_plain_user_the_sandbox_degrades_clearly_and_still_fences(redis_url
         pytest.skip("cannot run: needs root to make a plain user (as a plain user, the tests above are this test)")
     test_set = tmp_path / "tests"
     shutil.copytree(small_test_set, test_set)
-    for path in [test_set, *test_set.rglob("*")]:
+    install = tmp_path / "install"  # the user's own copy of flateval: a checkout in a 0700 folder is not theirs to read
+    for package in ("agent_bridge", "broker", "core", "env_worker", "flateval", "report", "scoring"):
+        shutil.copytree(Path(__file__).resolve().parents[1] / package, install / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [test_set, *test_set.rglob("*"), install, *install.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     sid = flateval("submit", "--redis", redis_url, "--test-set", str(test_set)).stdout.strip()
-    worker = (f"cd {test_set} && {sys.executable} -m flateval worker --redis {redis_url} --queue flateval-{sid} "
-              f"--burst --agent-command '{DO_NOTHING}' --agent-memory 1Gi --agent-log \"$HOME/agent.log\"")
+    worker = (f"cd {test_set} && PYTHONPATH={install} {sys.executable} -m flateval worker --redis {redis_url} "
+              f"--queue flateval-{sid} --burst --agent-command '{DO_NOTHING}' --agent-memory 1Gi "
+              f"--agent-log \"$HOME/agent.log\"")
     user = AgentProcess(worker, tmp_path / "worker.log", bind="tcp://127.0.0.1:1",  # a TCP bind: no netns for it
                         sandbox=SandboxSpec(cpus=2))
     try:

@@ -15,6 +15,7 @@ import itertools
 import marshal
 import os
 import select
+import re
 import shlex
 import shutil
 import stat
@@ -104,10 +105,13 @@ def absolute_command(command: str, cwd: str | None = None) -> str:
     return " ".join(out)
 
 
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
 def needed_paths(command: str, env: dict[str, str]) -> list[str]:
     """What an agent with a uid of its own must be able to reach: the Python running us (often in a
     0700 home, e.g. pyenv's), the agent_bridge package, the directories the command and PYTHONPATH
-    name. Each is reached through the directories above it, shown only as far as needed: the package
+    name (in the environment or assigned in the command). Each is reached through the directories above it, shown only as far as needed: the package
     itself, not the checkout it lives in (a clone in a 0700 ``mktemp -d`` folder shows the agent its
     ``agent_bridge/`` and ``.venv/``, nothing else)."""
     import agent_bridge
@@ -119,7 +123,9 @@ def needed_paths(command: str, env: dict[str, str]) -> list[str]:
     except ValueError:
         words = command.split()
     candidates += [w for w in words if w.startswith("/")]
-    candidates += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p.startswith("/")]
+    assigned = [w.split("=", 1)[1] for w in words if _ASSIGNMENT.match(w)]  # PYTHONPATH=/sub python -m ...
+    for value in [*assigned, env.get("PYTHONPATH", "")]:
+        candidates += [p for p in value.split(os.pathsep) if p.startswith("/")]
     found = []
     for path in map(os.path.realpath, candidates):
         if os.path.isfile(path):
