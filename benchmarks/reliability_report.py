@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SUITES = ["tests/test_faults.py", "tests/test_record_faults.py", "tests/test_chaos.py",
+SUITES = ["tests/test_faults.py", "tests/test_record_faults.py", "tests/test_chaos.py", "tests/test_redis_failover.py",
           "tests/test_episode.py::test_misbehaving_agent_costs_only_its_episode", "tests/test_sandbox.py"]
 
 HEADER = """# Reliability report

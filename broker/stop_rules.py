@@ -23,9 +23,9 @@ from broker import store, submit
 
 
 def after_result(conn: redis.Redis, sid: str, test: int | None, state: int, streak: int) -> None:
-    if state == -1:
+    if state in (store.RECORD_ENDED, store.RECORD_GONE):
         return
-    if state == 1:
+    if state == store.RECORD_COMPLETES:
         store.finalize(conn, sid)
         return
     record = store.get_submission(conn, sid)

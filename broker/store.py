@@ -13,6 +13,8 @@ Keys (documented in docs/architecture.md):
                                             while it plays (see `broker.reaper`)
 - ``flateval:reaped:<job id>:<run>``        string: one reaper requeued that run of the job
 - ``flateval:agent_slot:<i>``               string: the worker paired with compose's agent i
+- ``flateval:dataset``                      string: this Redis holds flateval's data (set with the
+                                            first submission): without it, a Redis restarted empty
 - ``rq:queue:flateval-<id>``                RQ's list of the submission's queued episode jobs
 
 Status moves ``submitted -> queued -> running -> finished | failed | cancelled``; transitions are
@@ -38,6 +40,9 @@ FINISHED, FAILED, CANCELLED = "finished", "failed", "cancelled"
 TERMINAL = (FINISHED, FAILED, CANCELLED)
 
 SUBMISSIONS = "flateval:submissions"
+DATASET = "flateval:dataset"
+"""Set with the first submission a Redis sees: a Redis without it never held flateval's data, or
+lost it (restarted without its append-only file). A missing record is then lost state, not a typo."""
 
 
 def submission_key(sid: str) -> str:
@@ -205,8 +210,13 @@ end
 return 0
 """
 
+RECORD_STORED, RECORD_COMPLETES, RECORD_ENDED, RECORD_GONE = 0, 1, -1, -2
+"""What `record_result` did: stored, stored the last one (finalize now), dropped because the
+submission ended, dropped because its record is gone (Redis lost its state)."""
+
 _RECORD_RESULT = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {{-2, 0}} end
 if status == 'finished' or status == 'failed' or status == 'cancelled' then return {{-1, 0}} end
 local fresh = redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'last_result_at', ARGV[3])
@@ -236,6 +246,7 @@ def create_submission(conn: redis.Redis, submission: Submission) -> None:
     pipe = conn.pipeline()
     pipe.hset(submission_key(submission.id), mapping=submission.to_hash())
     pipe.zadd(SUBMISSIONS, {submission.id: now})
+    pipe.set(DATASET, repr(now), nx=True)
     pipe.execute()
 
 
@@ -252,6 +263,14 @@ def transition(conn: redis.Redis, sid: str, new: str, allowed_from: Iterable[str
 def get_submission(conn: redis.Redis, sid: str) -> Submission | None:
     raw = conn.hgetall(submission_key(sid))
     return Submission.from_hash(raw) if raw else None
+
+
+def missing_reason(conn: redis.Redis, sid: str) -> str:
+    """Why a submission has no record, in words for a one-line error."""
+    if conn.exists(DATASET):
+        return f"no submission {sid}"
+    return (f"no submission {sid}: this Redis holds no flateval data at all (a new Redis, or one that "
+            f"restarted without its data: its state is lost)")
 
 
 def get_status(conn: redis.Redis, sid: str) -> str | None:
@@ -277,8 +296,9 @@ def open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[s
 def record_result(conn: redis.Redis, sid: str, index: int, result: dict[str, Any]) -> tuple[int, int]:
     """Store one episode's result idempotently.
 
-    Returns (state, timeout streak): state 1 means this call completed the set (finalize now), -1
-    that the submission had already ended (the result is dropped), else 0. The streak counts
+    Returns (state, timeout streak): state `RECORD_COMPLETES` means this call completed the set
+    (finalize now), `RECORD_ENDED` that the submission had already ended and `RECORD_GONE` that its
+    record is gone (both drop the result), else `RECORD_STORED`. The streak counts
     timeouts in a row in the order results arrive (a re-delivered result does not count again).
     """
     state, streak = conn.eval(_RECORD_RESULT, 2, submission_key(sid), results_key(sid), str(index),

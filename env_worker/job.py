@@ -61,7 +61,9 @@ class SubmissionWatch:
                 status = store.get_status(self.conn, self.sid)
             except redis.RedisError:
                 continue  # Redis away for a moment: keep playing, look again
-            if status is not None and status in store.TERMINAL and self.reason is None:
+            if self.reason is None and status is None:
+                self.reason = "submission gone: Redis lost its state"
+            elif self.reason is None and status in store.TERMINAL:
                 self.reason = f"submission {status}"
 
     def __call__(self) -> str | None:

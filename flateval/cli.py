@@ -57,7 +57,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 def redis_option(default: str = "", purpose: str = ""):
     """--redis, with the environment variable that stands for it named in its help (every command)."""
     return click.option("--redis", "redis_url", envvar=cfg.REDIS_URL_ENV, metavar="URL",
-                        help=f"Redis URL{purpose}, e.g. redis://:PASSWORD@HOST:6379/0 (default: ${cfg.REDIS_URL_ENV}"
+                        help=f"Redis URL{purpose}, e.g. redis://:PASSWORD@HOST:6379/0 or, behind Sentinel, "
+                             f"redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME (default: ${cfg.REDIS_URL_ENV}"
                              f"{default}).")
 
 
@@ -444,7 +445,7 @@ def status(submission_id: str, redis_url: str | None) -> None:
     conn = _conn(redis_url)
     record = store.get_submission(conn, submission_id)
     if record is None:
-        raise CliError(f"no submission {submission_id}")
+        raise CliError(store.missing_reason(conn, submission_id))
     click.echo(status_line(record, store.get_results(conn, submission_id), time.time()))
 
 
@@ -454,13 +455,14 @@ def status(submission_id: str, redis_url: str | None) -> None:
 @click.option("--output", type=click.Path(dir_okay=False))
 def results(submission_id: str, redis_url: str | None, output: str | None) -> None:
     """Print (or write) a submission's results JSON."""
+    from broker import store
     from broker.results import results_document
 
     conn = _conn(redis_url)
     try:
         document = results_document(conn, submission_id)
     except KeyError:
-        raise CliError(f"no submission {submission_id}") from None
+        raise CliError(store.missing_reason(conn, submission_id)) from None
     _write_json(document, output)
 
 
@@ -474,7 +476,7 @@ def cancel(submission_id: str, redis_url: str | None) -> None:
 
     conn = _conn(redis_url)
     if store.get_submission(conn, submission_id) is None:
-        raise CliError(f"no submission {submission_id}")
+        raise CliError(store.missing_reason(conn, submission_id))
     if not store.finalize(conn, submission_id, store.CANCELLED, "cancelled by user"):
         raise CliError(f"submission {submission_id} has already ended")
     dropped = drop_queue(conn, submission_id)

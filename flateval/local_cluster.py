@@ -254,7 +254,7 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
             redis_url = settings.redis_url
         else:
             try:
-                cluster.redis_server = start_redis(directory=str(cluster.run_dir / "redis"))
+                cluster.redis_server = start_redis(directory=str(cluster.run_dir / "redis"), appendonly=True)
             except RedisStartError as exc:
                 raise RunError(f"cannot start the embedded Redis: {exc}") from None
             redis_url = cluster.redis_server.url
@@ -310,6 +310,9 @@ def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
     reaped_at = 0.0
     while True:  # two small reads a poll; the record and the results only when a result came
         status, count = store.get_status(conn, sid), store.count_results(conn, sid)
+        if status is None:
+            raise RunError(f"Redis lost the state of submission {sid} (it restarted without its data?): "
+                           f"no score; evaluate it again")
         if on_progress and count != seen:
             seen = count
             on_progress(store.get_results(conn, sid), store.get_submission(conn, sid))
