@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
 
-from broker import store  # noqa: E402
+from broker import reaper, store  # noqa: E402
 from broker.embedded_redis import RedisServer, start_redis  # noqa: E402
 from broker.submit import JOB_FUNCTION  # noqa: E402
 
@@ -277,7 +277,7 @@ def _check(report: SoakReport, document: dict, layout: dict[str, Path], direct: 
 
 
 def _leases(conn: redis.Redis) -> dict[str, str]:
-    return {k.decode().removeprefix(store.lease_key("")): (conn.get(k) or b"").decode()
+    return {k.decode().removeprefix(store.lease_key("")): reaper.lease_owner((conn.get(k) or b"").decode())
             for k in conn.scan_iter(store.lease_key("*"))}
 
 

@@ -4,7 +4,7 @@ At the end of a submission nothing is deleted at once (a client may still be rea
 
 - its RQ queue, job hashes and job registries are deleted, and the queue leaves ``rq:queues``,
   `QUEUE_GRACE_S` after it ended;
-- its record, results, agent logs and gate specs expire `RESULT_TTL_S` after that
+- its attempts and gate specs are deleted, and its record, results and agent logs expire `RESULT_TTL_S` after that
   (``FLATEVAL_RESULT_TTL_S``, default 7 days): `flateval results` works until then;
 - its id leaves ``flateval:submissions`` once its record has expired.
 
@@ -54,7 +54,7 @@ def cleanup_ended(conn: redis.Redis, older_than_s: float = QUEUE_GRACE_S, ttl_s:
         pipe.hset(store.submission_key(sid), mapping=store.encode_fields({"cleaned_at": now}))
         for key in (store.submission_key(sid), store.results_key(sid), store.agent_logs_key(sid)):
             pipe.expire(key, ttl)
-        pipe.delete(store.specs_key(sid))
+        pipe.delete(store.specs_key(sid), store.attempts_key(sid))
         pipe.execute()
         cleaned += 1
     return cleaned

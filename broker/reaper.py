@@ -7,6 +7,11 @@ is already stored (after storing it, the worker may spend a step deadline and an
 telling its agent about a lost episode, without a lease: that episode is played, not orphaned). Results are stored
 idempotently per episode, so a job re-run (or, in a race, run twice) is still scored exactly once.
 
+A worker that was only cut off (a network partition longer than its lease) is fenced, not trusted:
+each start of an episode and each requeue claims a new attempt (`store.claim_attempt`), the lease
+names the attempt that holds it, and only the latest attempt may renew that lease, drop it, or store
+the episode's result. The cut-off worker's late result is refused and its watch stops its episode.
+
 Reapers run where someone is watching anyway: `flateval run`'s follower, and every worker between
 jobs and while idle.
 """
@@ -35,12 +40,41 @@ START_GRACE_S = 5.0
 """A job RQ just marked started may not have taken its lease yet."""
 
 
-def take_lease(conn: redis.Redis, job_id: str, owner: str) -> None:
-    conn.set(store.lease_key(job_id), owner, ex=LEASE_S)
+_TAKE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+local latest = redis.call('HGET', KEYS[2], ARGV[3])
+if latest and tonumber(latest) > tonumber(ARGV[4]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
-def drop_lease(conn: redis.Redis, job_id: str) -> None:
-    conn.delete(store.lease_key(job_id))
+def lease_holder(owner: str, attempt: int) -> str:
+    """What a lease holds: the worker and the attempt it plays (see `store.claim_attempt`)."""
+    return f"{owner} attempt {attempt}"
+
+
+def lease_owner(holder: str) -> str:
+    """The worker named in a lease's value (`lease_holder`)."""
+    return holder.rsplit(" attempt ", 1)[0]
+
+
+def take_lease(conn: redis.Redis, sid: str, index: int, job_id: str, owner: str, attempt: int) -> bool:
+    """Take or renew the job's lease for this attempt; False if a later attempt has the episode
+    (this worker was taken for dead): then it must stop, and will store nothing."""
+    return bool(conn.eval(_TAKE_LEASE, 2, store.lease_key(job_id), store.attempts_key(sid),
+                          lease_holder(owner, attempt), LEASE_S, str(index), str(attempt)))
+
+
+def drop_lease(conn: redis.Redis, job_id: str, owner: str, attempt: int) -> None:
+    """Drop the lease if this attempt still holds it (never the lease of the attempt that replaced it)."""
+    conn.eval(_DROP_LEASE, 1, store.lease_key(job_id), lease_holder(owner, attempt))
 
 
 def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
@@ -62,11 +96,14 @@ def requeue_orphans(conn: redis.Redis, sid: str) -> list[str]:
         started = _run_started(conn, entry, job)
         if started is None or (now - started).total_seconds() < START_GRACE_S:
             continue  # being started this very moment (no date yet), or just now: its lease is coming
-        if _result_stored(conn, sid, job):
+        index = _episode_index(job)
+        if index is not None and conn.hexists(store.results_key(sid), str(index)):
             continue  # played: its worker, past its lease, is telling (or restarting) its agent
         run = entry if ":" in entry else f"{job_id}:{job.started_at}"  # RQ 2+: <job id>:<execution id>
         if not conn.set(store.reaped_key(run), 1, nx=True, ex=60):
             continue  # another reaper got there first
+        if index is not None:
+            store.claim_attempt(conn, sid, index)  # fences the worker taken for dead, should it come back
         conn.zrem(registry.key, entry)
         queue.enqueue_job(job, at_front=True)  # it was under way: it goes next, not after the whole queue
         requeued.append(job_id)
@@ -86,11 +123,10 @@ def _run_started(conn: redis.Redis, entry: str, job: Job) -> datetime | None:
     return job.started_at.replace(tzinfo=timezone.utc) if job.started_at else None
 
 
-def _result_stored(conn: redis.Redis, sid: str, job: Job) -> bool:
-    """Whether the episode of this job already has its result (then there is nothing to re-run)."""
+def _episode_index(job: Job) -> int | None:
+    """The episode index of an episode job (its spec, the job's one argument)."""
     spec = job.args[0] if job.args else None
-    index = spec.get("index") if isinstance(spec, dict) else None
-    return index is not None and bool(conn.hexists(store.results_key(sid), str(index)))
+    return spec.get("index") if isinstance(spec, dict) else None
 
 
 def reap_open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[str]:

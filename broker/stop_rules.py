@@ -23,7 +23,7 @@ from broker import store, submit
 
 
 def after_result(conn: redis.Redis, sid: str, test: int | None, state: int, streak: int) -> None:
-    if state in (store.RECORD_ENDED, store.RECORD_GONE):
+    if state in (store.RECORD_ENDED, store.RECORD_GONE, store.RECORD_FENCED):
         return
     if state == store.RECORD_COMPLETES:
         store.finalize(conn, sid)

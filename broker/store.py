@@ -9,8 +9,10 @@ Keys (documented in docs/architecture.md):
 - ``flateval:submission:<id>:agent_logs``   hash: pair name -> last 10,000 chars of its agent's output
 - ``flateval:submission:<id>:specs``        hash: episode index -> episode spec (JSON), kept only
                                             when a completion gate releases tests one by one
-- ``flateval:lease:<job id>``               string: the worker playing that episode job, renewed
-                                            while it plays (see `broker.reaper`)
+- ``flateval:submission:<id>:attempts``     hash: episode index -> the latest attempt given out to
+                                            play it; only that attempt may store its result (fencing)
+- ``flateval:lease:<job id>``               string: the worker and attempt playing that episode job,
+                                            renewed while it plays (see `broker.reaper`)
 - ``flateval:reaped:<job id>:<run>``        string: one reaper requeued that run of the job
 - ``flateval:agent_slot:<i>``               string: the worker paired with compose's agent i
 - ``flateval:dataset``                      string: this Redis holds flateval's data (set with the
@@ -59,6 +61,10 @@ def agent_logs_key(sid: str) -> str:
 
 def specs_key(sid: str) -> str:
     return f"flateval:submission:{sid}:specs"
+
+
+def attempts_key(sid: str) -> str:
+    return f"flateval:submission:{sid}:attempts"
 
 
 # Keys of one episode job, and of one compose agent: format them with the job id, the slot number.
@@ -210,14 +216,20 @@ end
 return 0
 """
 
-RECORD_STORED, RECORD_COMPLETES, RECORD_ENDED, RECORD_GONE = 0, 1, -1, -2
+RECORD_STORED, RECORD_COMPLETES, RECORD_ENDED, RECORD_GONE, RECORD_FENCED = 0, 1, -1, -2, -3
 """What `record_result` did: stored, stored the last one (finalize now), dropped because the
-submission ended, dropped because its record is gone (Redis lost its state)."""
+submission ended, dropped because its record is gone (Redis lost its state), dropped because a
+later attempt was given the episode (this one's worker was taken for dead: its lease ran out and
+the episode was requeued)."""
 
 _RECORD_RESULT = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {{-2, 0}} end
 if status == 'finished' or status == 'failed' or status == 'cancelled' then return {{-1, 0}} end
+if ARGV[5] ~= '' then
+  local latest = redis.call('HGET', KEYS[3], ARGV[1])
+  if latest and tonumber(latest) > tonumber(ARGV[5]) then return {{-3, 0}} end
+end
 local fresh = redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'last_result_at', ARGV[3])
 local streak = 0
@@ -293,17 +305,27 @@ def open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[s
     return [sid for sid, status in zip(sids, get_statuses(conn, sids)) if status not in (None, *TERMINAL)]
 
 
-def record_result(conn: redis.Redis, sid: str, index: int, result: dict[str, Any]) -> tuple[int, int]:
-    """Store one episode's result idempotently.
+def record_result(conn: redis.Redis, sid: str, index: int, result: dict[str, Any],
+                  attempt: int | None = None) -> tuple[int, int]:
+    """Store one episode's result idempotently, if `attempt` (`claim_attempt`'s) is still the latest.
 
     Returns (state, timeout streak): state `RECORD_COMPLETES` means this call completed the set
-    (finalize now), `RECORD_ENDED` that the submission had already ended and `RECORD_GONE` that its
-    record is gone (both drop the result), else `RECORD_STORED`. The streak counts
-    timeouts in a row in the order results arrive (a re-delivered result does not count again).
+    (finalize now); `RECORD_ENDED` (the submission had already ended), `RECORD_GONE` (its record is
+    gone) and `RECORD_FENCED` (a later attempt was given out) drop the result; else `RECORD_STORED`.
+    The streak counts timeouts in a row in the order results arrive (a re-delivered result does not
+    count again). With no record of attempts (a Redis that lost its data) nothing is fenced.
     """
-    state, streak = conn.eval(_RECORD_RESULT, 2, submission_key(sid), results_key(sid), str(index),
-                              json.dumps(result), _now(), str(result.get("outcome")))
+    state, streak = conn.eval(_RECORD_RESULT, 3, submission_key(sid), results_key(sid), attempts_key(sid),
+                              str(index), json.dumps(result), _now(), str(result.get("outcome")),
+                              "" if attempt is None else str(attempt))
     return int(state), int(streak)
+
+
+def claim_attempt(conn: redis.Redis, sid: str, index: int) -> int:
+    """A new attempt at the episode, which fences off every earlier one (a worker starting it, or a
+    reaper taking it from a worker it believes dead): only the latest attempt stores a result."""
+    return int(conn.hincrby(attempts_key(sid), str(index), 1))
+
 
 
 def get_results(conn: redis.Redis, sid: str) -> list[dict[str, Any]]:

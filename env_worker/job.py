@@ -23,6 +23,7 @@ from core.outcomes import STOPPED
 from core.settings import TEST_SET_DIR_ENV
 from env_worker.context import WorkerContext, current_context
 from env_worker.episode import run_episode
+from env_worker.worker_log import worker_logger
 
 
 WATCH_INTERVAL_S = 0.25
@@ -33,30 +34,38 @@ read per interval from a side thread, none per step."""
 class SubmissionWatch:
     """A side thread for one running episode: it renews the episode's lease (so reapers know this
     worker is alive) and tells the loop, at the cost of an attribute read per step, to stop when
-    the submission ended."""
+    the submission ended or when the episode was given to another worker (this one was cut off
+    from Redis past its lease: its result would be refused)."""
 
-    def __init__(self, conn: redis.Redis, sid: str, deadline_at: float | None, job_id: str, owner: str) -> None:
+    def __init__(self, conn: redis.Redis, sid: str, deadline_at: float | None, job_id: str, owner: str,
+                 index: int, attempt: int) -> None:
         self.conn, self.sid, self.deadline_at = conn, sid, deadline_at
-        self.job_id, self.owner = job_id, owner
+        self.job_id, self.owner, self.index, self.attempt = job_id, owner, index, attempt
         self.reason: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"watch-{sid}", daemon=True)
 
     def __enter__(self) -> "SubmissionWatch":
-        reaper.take_lease(self.conn, self.job_id, self.owner)
+        self._renew()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._done.set()
         self._thread.join()
+        if exc[0] is None:  # else the lease runs out, and a reaper requeues the episode
+            reaper.drop_lease(self.conn, self.job_id, self.owner, self.attempt)
+
+    def _renew(self) -> None:
+        if not reaper.take_lease(self.conn, self.sid, self.index, self.job_id, self.owner, self.attempt):
+            self.reason = self.reason or LEASE_LOST
 
     def _watch(self) -> None:
         renewed = time.monotonic()
         while not self._done.wait(WATCH_INTERVAL_S):
             try:
                 if time.monotonic() - renewed >= reaper.RENEW_S:
-                    reaper.take_lease(self.conn, self.job_id, self.owner)
+                    self._renew()
                     renewed = time.monotonic()
                 status = store.get_status(self.conn, self.sid)
             except redis.RedisError:
@@ -70,6 +79,9 @@ class SubmissionWatch:
         if self.reason is None and self.deadline_at is not None and time.time() > self.deadline_at:
             self.reason = "overall time limit reached"
         return self.reason
+
+
+LEASE_LOST = "the episode was given to another worker (this one lost its lease: cut off from Redis?)"
 
 
 def run_episode_job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -101,18 +113,20 @@ def play_episode(context: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]
     if root and episode.env_path:  # a gymnasium episode has no env file
         episode = EpisodeSpec.from_dict({**episode.as_dict(), "env_path": str(Path(root) / episode.env_file)})
     pair = context.agent
+    attempt = store.claim_attempt(conn, sid, episode.index)
     # The lease lasts until the agent is ready for the next episode: a slow restart is no dead worker.
-    with SubmissionWatch(conn, sid, record.deadline_at, job.id, pair.name) as watch:
+    with SubmissionWatch(conn, sid, record.deadline_at, job.id, pair.name, episode.index, attempt) as watch:
         result = run_episode(episode, pair.link, context.observers, stop=watch)
         if result.outcome == STOPPED:
             stop_rules.check_deadline(conn, sid, record.deadline_at)
         else:
             row = {**result.as_dict(), "index": episode.index, "episode_id": episode.episode_id, "worker": pair.name}
-            state, streak = store.record_result(conn, sid, episode.index, row)
+            state, streak = store.record_result(conn, sid, episode.index, row, attempt)
+            if state == store.RECORD_FENCED:
+                worker_logger().info(f"{pair.name}: {sid} {episode.env_file}: result dropped: {LEASE_LOST}")
             stop_rules.after_result(conn, sid, episode.test, state, streak)
         tail = pair.output_tail()
         if tail is not None:
             store.save_agent_log(conn, sid, pair.name, tail)
         pair.after_episode(result, episode.step_timeout_s)
-    reaper.drop_lease(conn, job.id)
     return {"outcome": result.outcome, "normalized_return": result.normalized_return}

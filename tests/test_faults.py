@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from broker import cleanup, store
+from broker import cleanup, reaper, store
 from broker.embedded_redis import start_redis
 from env_worker.agent_process import live_group_members
 from tests.conftest import free_port, slow_agent
@@ -36,7 +36,8 @@ def wait_for(predicate, timeout_s: float, what: str):
 
 
 def leases(conn: redis_lib.Redis) -> dict[str, str]:
-    return {k.decode().removeprefix("flateval:lease:"): (conn.get(k) or b"").decode()
+    """Running episode jobs and the workers holding them."""
+    return {k.decode().removeprefix("flateval:lease:"): reaper.lease_owner((conn.get(k) or b"").decode())
             for k in conn.keys("flateval:lease:*")}
 
 

@@ -35,3 +35,38 @@ def test_only_episodes_without_a_result_are_requeued(redis_conn):
 
     assert reaper.requeue_orphans(redis_conn, sid) == [store.episode_job_id(sid, 1)]
     assert queue.job_ids == [store.episode_job_id(sid, 1)]
+
+
+def test_a_worker_taken_for_dead_is_fenced_off_when_it_comes_back(redis_conn):
+    """A worker cut off from Redis past its lease: the reaper gives its episode to another worker;
+    when the first one comes back it can neither renew nor drop the new lease, and its late result
+    is refused, never stored over or beside the other's (tests/test_netns.py cuts a real link)."""
+    episodes = [PlannedEpisode(env_file="Test_0/Level_0.pkl", seed=1001, env_path="x", test=0, level=0)]
+    plan = make_plan(episodes, Phase(name="p", stop_rules=StopRules(None, None)))
+    sid = submit.create(redis_conn, plan)
+    submit.enqueue(redis_conn, sid, plan, submit.episode_specs(sid, plan))
+    queue = store.submission_queue(redis_conn, sid)
+    job_id = queue.job_ids[0]
+    first = store.claim_attempt(redis_conn, sid, 0)
+    assert reaper.take_lease(redis_conn, sid, 0, job_id, "cut-off", first)
+    job = Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
+    job.started_at = datetime.now(timezone.utc) - timedelta(seconds=60)
+    job.save()
+    queue.remove(job)
+    redis_conn.zadd(StartedJobRegistry(queue=queue).key, {f"{job_id}:execution-1": time.time() + 600})
+    redis_conn.delete(store.lease_key(job_id))  # its lease ran out while it was cut off
+
+    assert reaper.requeue_orphans(redis_conn, sid) == [job_id]
+    assert not reaper.take_lease(redis_conn, sid, 0, job_id, "cut-off", first)  # fenced before anyone took it
+    second = store.claim_attempt(redis_conn, sid, 0)
+    assert reaper.take_lease(redis_conn, sid, 0, job_id, "other", second)
+    reaper.drop_lease(redis_conn, job_id, "cut-off", first)  # the first worker's end leaves the lease alone
+    assert redis_conn.get(store.lease_key(job_id)) == reaper.lease_holder("other", second).encode()
+
+    late = {"index": 0, "outcome": "completed", "normalized_return": -0.5, "worker": "cut-off"}
+    assert store.record_result(redis_conn, sid, 0, late, first) == (store.RECORD_FENCED, 0)
+    assert store.count_results(redis_conn, sid) == 0
+    played = {"index": 0, "outcome": "completed", "normalized_return": -0.25, "worker": "other"}
+    assert store.record_result(redis_conn, sid, 0, played, second)[0] == 1
+    assert store.record_result(redis_conn, sid, 0, late, first) == (store.RECORD_FENCED, 0)
+    assert store.get_results(redis_conn, sid) == [played]
