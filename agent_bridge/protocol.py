@@ -240,6 +240,10 @@ def ok_reply() -> dict:
     return {"type": OK}
 
 
+ERROR_MESSAGE_CHARS = 2000
+"""An agent's error message is kept up to this many characters; the rest is cut."""
+
+
 def error_reply(message: str) -> dict:
     return {"type": ERROR, "message": message}
 
@@ -249,7 +253,7 @@ def check_reply(request_type: str, reply: dict) -> dict:
     kind = reply["type"]
     if kind == ERROR:
         text = reply.get("message")
-        raise AgentReportedError(str(text)[:2000] if text is not None else "agent reported an error")
+        raise AgentReportedError(str(text)[:ERROR_MESSAGE_CHARS] if text is not None else "agent reported an error")
     expected = EXPECTED_REPLY[request_type]
     if kind != expected:
         raise ProtocolError(f"expected a '{expected}' reply to '{request_type}', got '{kind[:40]}'")

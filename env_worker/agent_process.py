@@ -39,7 +39,8 @@ from agent_bridge import protocol as wire
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
 from env_worker.agent_link import AgentFault, AgentLink, AgentProtocolFault
 from env_worker.sandbox import NO_SANDBOX, AgentUsage, Sandbox, SandboxError, SandboxSpec
-from env_worker.sandbox.usage import session_usage, stat_fields
+from core.process_identity import stat_fields
+from env_worker.sandbox.usage import session_usage
 
 OUTPUT_TAIL_CHARS = 10_000
 

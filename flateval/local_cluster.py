@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from core.settings import REDIS_URL_ENV, RunSettings
 from env_worker.agent_link import LINK_SPIN_ENV
 from env_worker.agent_process import agent_output_tail, live_group_members
 from env_worker.worker_log import is_log_line
+from flateval.run_folders import REDIS_DIR, make_run_dir, reap_dead_runs
 
 POLL_S = 0.02
 REAP_EVERY_S = 1.0
@@ -248,13 +248,14 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
     """Evaluate one submission (`flateval.planning.plan_run`) on a local cluster; return the results
     document. `on_progress` gets the results so far and the submission's record whenever a result
     arrives; `on_notice` the line saying how the agents are sandboxed, once they run."""
-    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="flateval-run-")))
+    reap_dead_runs()  # what runs killed before us left: their folders and embedded Redis servers
+    cluster = LocalCluster(make_run_dir())
     try:
         if settings.redis_url:
             redis_url = settings.redis_url
         else:
             try:
-                cluster.redis_server = start_redis(directory=str(cluster.run_dir / "redis"), appendonly=True)
+                cluster.redis_server = start_redis(directory=str(cluster.run_dir / REDIS_DIR), appendonly=True)
             except RedisStartError as exc:
                 raise RunError(f"cannot start the embedded Redis: {exc}") from None
             redis_url = cluster.redis_server.url

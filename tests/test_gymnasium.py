@@ -253,13 +253,13 @@ def test_missed_step_deadline_is_a_timeout(failed_return, score, start_agent):
     (["--env", "gymnasium:CartPole-v1", "--challenge", "neurips2020"], "--env gymnasium:CartPole-v1: challenge neurips2020 is a flatland challenge"),
 ])
 def test_cli_errors_are_one_line(args, message):
-    started = time.monotonic()
+    started, before = time.monotonic(), leftover_processes("flateval-run-")
     done = flateval("run", "--agent", DO_NOTHING, *args)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [done.stderr.strip()] and "Traceback" not in done.stderr  # no blank line either
     assert done.stderr.startswith(f"flateval: {message}")
     assert time.monotonic() - started < 20  # before any worker or agent started
-    assert leftover_processes("flateval-run-") == []
+    assert leftover_processes("flateval-run-", before) == []
 
 
 def test_gymnasium_missing_is_one_line(monkeypatch):

@@ -92,13 +92,13 @@ def test_min_return_is_gymnasiums_only():
 def test_the_cli_refuses_an_inverting_challenge_in_one_line(tmp_path):
     challenge = tmp_path / "mc.yaml"
     challenge.write_text(MOUNTAIN_CAR.format(scoring="reference_return: -110"))
-    started = time.monotonic()
+    started, before = time.monotonic(), leftover_processes("flateval-run-")
     done = flateval("run", "--challenge", str(challenge), "--agent", f"{sys.executable} -c pass", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [done.stderr.strip()] and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"flateval: challenge {challenge}: phases.dev.scoring.reference_return: -110 is "
                                   "negative")
-    assert time.monotonic() - started < 20 and leftover_processes("flateval-run-") == []
+    assert time.monotonic() - started < 20 and leftover_processes("flateval-run-", before) == []
 
 
 def _run(tmp_path: Path, challenge: Path, action: str) -> dict:

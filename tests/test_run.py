@@ -27,11 +27,12 @@ def flateval(*args: str, timeout: float = 240, env: dict | None = None,
                           env={**os.environ, **(env or {})}, cwd=cwd)
 
 
-def leftover_processes(token: str) -> list[str]:
+def leftover_processes(token: str, before: list[str] = ()) -> list[str]:
     """Live processes mentioning `token` that this checkout started (every one runs from its venv:
-    another checkout's test run on the same machine is not ours to count)."""
+    another checkout's test run on the same machine is not ours to count), less those in `before`
+    (what ran before the test began: a run killed earlier on this machine is not this test's)."""
     out = subprocess.run(["pgrep", "-af", token], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line and sys.prefix in line]
+    return [line for line in out.splitlines() if "pgrep" not in line and sys.prefix in line and line not in before]
 
 
 def check_against_direct(document: dict, test_set: Path) -> None:
@@ -86,13 +87,59 @@ def test_empty_test_set_is_one_clear_line(tmp_path):
 def test_agent_that_exits_at_once_is_one_clear_line_and_leaves_nothing(small_test_set):
     token = f"flateval-test-{uuid.uuid4().hex[:8]}"
     agent = f"{sys.executable} -c 'import sys; print(\"cannot load model\"); sys.exit(3)' {token}"
+    before = leftover_processes("flateval-run-")
     done = flateval("run", "--agent", agent, "--test-set", str(small_test_set), "--workers", "2")
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "agent command exited with code 3" in lines[0] and "cannot load model" in lines[0]
     assert leftover_processes(token) == []
-    assert leftover_processes("flateval-run-") == []
+    assert leftover_processes("flateval-run-", before) == []
+
+
+def test_the_next_run_reaps_what_a_sigkilled_run_left_and_nothing_alive(small_test_set, tmp_path):
+    """A SIGKILLed `flateval run` leaves its folder and its embedded redis-server (its workers and
+    agents die with it); the next run stops that server and removes the folder. Folders whose owner
+    runs (another run on this machine) or cannot be told (no owner file) are left alone; a pid that
+    now names another process (same pid, other start time) is dead."""
+    from core.process_identity import ProcessIdentity
+    from flateval.run_folders import OWNER_FILE, PREFIX, make_run_dir
+    from tests.test_faults import wait_for
+
+    agent, token = slow_agent(tmp_path, delay=0.5)
+    killed = subprocess.Popen([*FLATEVAL, "run", "--agent", agent, "--test-set", str(small_test_set), "--workers", "1",
+                               "--overall-timeout", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: killed.stderr.readline().startswith("sandbox") or killed.poll() is not None, 60, "agents ready")
+        assert killed.poll() is None
+        worker = next(p for p in _processes_running(token) if p != killed.pid and b"worker" in
+                      Path(f"/proc/{p}/cmdline").read_bytes())
+        argv = Path(f"/proc/{worker}/cmdline").read_bytes().decode().split("\0")
+        run_dir = Path(argv[argv.index("--agent-log") + 1]).parent
+        server = ProcessIdentity.read(run_dir / "redis" / "redis-server.pid")
+    finally:
+        killed.kill()
+        killed.wait()
+    alive = make_run_dir()  # a live run's folder (ours)
+    unknown = make_run_dir()
+    (unknown / OWNER_FILE).unlink()  # a folder nobody can tell the owner of
+    reused = make_run_dir()  # an owner whose pid the kernel handed to another process since
+    me = ProcessIdentity.of(os.getpid())
+    ProcessIdentity(me.pid, me.started - 1, me.namespace).write(reused / OWNER_FILE)
+    try:
+        assert server is not None and not server.gone(), "the killed run's Redis died with it: nothing to reap"
+        done = flateval("run", "--agent", f"{sys.executable} -c 'import sys; sys.exit(3)'", "--test-set",
+                        str(small_test_set), "--workers", "1")
+        assert done.returncode != 0
+        wait_for(lambda: server.gone(), 10, "the orphaned redis-server to stop")
+        assert not run_dir.exists() and not reused.exists()
+        assert alive.is_dir() and unknown.is_dir()
+        assert alive.name.startswith(PREFIX)
+    finally:
+        if not server.gone():
+            os.kill(server.pid, 9)
+        for folder in (run_dir, alive, unknown, reused):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_unreachable_redis_is_one_clear_line(small_test_set):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_bridge.protocol import ERROR_MESSAGE_CHARS
 from env_worker.agent_process import AgentProcess
 from env_worker.sandbox import SandboxSpec, parse_line, parse_memory
 from env_worker.sandbox.environment import sandboxed_environment
@@ -61,6 +62,16 @@ def found(**what):
 def read(path):
     with open(path, "rb") as fh:
         return len(fh.read())
+
+
+def run_dirs():
+    """The run's own directory, found where an attacker finds it: its mount table names what is
+    hidden. Counts and a few examples: a report bounded whatever the machine's /tmp holds."""
+    with open("/proc/self/mountinfo") as fh:
+        names = sorted({word for word in fh.read().split() if "/flateval-run-" in word})
+    results = [attempt(lambda d=d: os.listdir(d)) for d in names]
+    listed = [r for r in results if not r.startswith("refused")]
+    return {"found": len(results), "listed": len(listed), "examples": (listed or results)[:3]}
 
 
 def network():
@@ -103,13 +114,12 @@ def files():
                         redis_seen.append(f"/proc/{entry}/{name}")
             except OSError:
                 pass
-    out["redis in /proc"], out["processes visible"] = redis_seen, visible
+    out["redis in /proc"], out["processes visible"] = redis_seen[:5], visible
     def host_cmdline():  # its pid may name one of the agent's own processes: is it the host's?
         with open(f"/proc/{CONFIG['host_pid']}/cmdline", "rb") as fh:
             return fh.read().hex() == CONFIG["host_cmdline"]
     out["host process cmdline"] = attempt(host_cmdline)
-    out["run dirs"] = {d: attempt(lambda d=d: os.listdir(os.path.join("/tmp", d)))
-                       for d in os.listdir("/tmp") if d.startswith("flateval-run-")}
+    out["run dirs"] = run_dirs()
     out["other agent's file"] = attempt(lambda: read(CONFIG["other_secret"]))
     out["agents dir"] = attempt(lambda: os.listdir(CONFIG["agents_dir"]))
     out["write home"] = attempt(lambda: open("mine.txt", "w").write("mine"))
@@ -207,9 +217,25 @@ def _cores(text: str) -> list[int]:
 
 
 def findings(episode: dict) -> dict:
-    match = re.search(r"REPORT (\{.*\})", episode["error"] or "")
-    assert match, episode["error"]
-    return json.loads(match.group(1))
+    """The report the hostile agent raised (its error message, which the protocol keeps up to
+    `ERROR_MESSAGE_CHARS`: every report is bounded to fit, whatever the machine holds)."""
+    error = episode["error"] or ""
+    assert "REPORT {" in error, error
+    text = error.split("REPORT ", 1)[1]
+    try:
+        return json.JSONDecoder().raw_decode(text)[0]  # what may follow: the breach's closing bracket
+    except json.JSONDecodeError:
+        if len(error) >= ERROR_MESSAGE_CHARS:
+            pytest.fail(f"the agent's report was cut at the protocol's {ERROR_MESSAGE_CHARS} characters "
+                        f"(make it shorter): ...{text[-200:]}")
+        raise
+
+
+def test_a_cut_report_says_it_was_cut():
+    whole = "agent raised: REPORT " + json.dumps({"run dirs": ["x" * 80] * 40})
+    assert findings({"error": whole}) == {"run dirs": ["x" * 80] * 40}
+    with pytest.raises(pytest.fail.Exception, match="report was cut at the protocol's 2000 characters"):
+        findings({"error": whole[:ERROR_MESSAGE_CHARS]})
 
 
 def refused(result: str) -> bool:
@@ -434,7 +460,7 @@ def test_the_agent_reads_and_writes_nothing_of_the_test_set_the_worker_or_others
     assert refused(seen["bundled test sets"]) or seen["bundled test sets"] == "ok: []"
     assert seen["redis in /proc"] == [] and seen["processes visible"] <= 3, seen  # its shell, itself, a helper
     assert refused(seen["host process cmdline"]) or seen["host process cmdline"] == "ok: False"
-    assert all(refused(r) for r in seen["run dirs"].values()), seen["run dirs"]
+    assert seen["run dirs"]["found"] >= 1 and seen["run dirs"]["listed"] == 0, seen["run dirs"]
     assert refused(seen["other agent's file"]) and refused(seen["agents dir"])
     # its own uid, no groups, a private 0700 working directory that is its HOME, an allowlisted environment
     assert seen["uid"] == seen["cwd owner"] == int(report.on["user"]) and seen["uid"] != 0

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from env_worker.sandbox.usage import stat_fields
+from core.process_identity import stat_fields
 
 CFS_PERIOD_US = 100_000
 LIMITED = ("memory", "cpu", "cpuset", "pids")

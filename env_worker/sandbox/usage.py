@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.process_identity import stat_fields
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -24,15 +26,6 @@ class AgentUsage:
         if self.cpu_s is None or earlier.cpu_s is None:
             return None
         return max(0.0, self.cpu_s - earlier.cpu_s)
-
-
-def stat_fields(pid: int | str) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (state first: "R", "S", "Z", ...; then
-    ppid, pgrp, session, ...); None when the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
 
 
 def session_usage(session: int) -> AgentUsage:
