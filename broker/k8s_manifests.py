@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from broker.store import queue_list_key, queue_name
-from core.challenge import TimeLimits
+from core.challenge import AGENT_TMP_SIZE, TimeLimits
 
 WORKER_IMAGE = "flateval/worker:0.1.0"
 NAMESPACE = "flateval"
@@ -46,8 +46,6 @@ RECORD_DIR = "/recordings"
 WORKER_GID = 10001  # the worker image's group (deploy/docker/worker.Dockerfile): owns what it records
 AGENT_PORT = 8086
 METRICS_PORT = 9109
-AGENT_TMP_SIZE = "1Gi"
-"""The agent's only writable space (its /tmp and HOME): enough for scratch files, not for filling a node's disk."""
 
 NEURIPS2020_MAX_EPISODE_STEPS = 3722
 """The largest ``max_episode_steps`` of the neurips2020-debug test set (Test_13, 400 trains, 150x150):

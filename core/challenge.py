@@ -71,6 +71,11 @@ class AgentResources:
     memory: str = "15Gi"
 
 
+AGENT_TMP_SIZE = "1Gi"
+"""A container agent's only writable space (its /tmp and HOME), on Kubernetes and under
+`flateval run --agent-image` alike: enough for scratch files, not for filling a node's disk."""
+
+
 VIDEO_FORMATS = ("mp4", "gif")
 
 

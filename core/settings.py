@@ -39,7 +39,7 @@ class RunSettings:
     """How `flateval run` evaluates a submission locally. Time limits left None come from the
     challenge phase (default: the bundled neurips2020 challenge, phase round1)."""
 
-    agent_command: str
+    agent_command: str | None  # with agent_image: the container's arguments (None: the image's own command)
     test_set: str | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     redis_url: str | None = None
@@ -60,3 +60,11 @@ class RunSettings:
     agent_memory: str | None = None
     agent_pids: int | None = None
     sandbox: bool = True  # False: --no-sandbox (debugging)
+    agent_image: str | None = None  # run each agent as a container of this image (env_worker.container)
+
+    @property
+    def agent(self) -> str:
+        """The agent, as a submission records it."""
+        if self.agent_image:
+            return f"image {self.agent_image}" + (f" with {self.agent_command}" if self.agent_command else "")
+        return self.agent_command or ""

@@ -31,7 +31,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import zmq
 
@@ -146,21 +146,29 @@ class AgentProcess:
         pidfile (else call `wait_ready` and `mark_ready` later: the agent starts up meanwhile)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            try:
-                if self.sandbox:
-                    self.process = self.sandbox.launch(self.command, self.bind, self._curve_secret, log)
-                else:
-                    self.process = subprocess.Popen(
-                        self.command, shell=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                        env=agent_environment(self.bind, curve_secret=self._curve_secret), start_new_session=True,
-                    )
-            except SandboxError as exc:
-                raise AgentStartError(f"cannot start the agent in its sandbox: {exc}") from None
-            except OSError as exc:
-                raise AgentStartError(f"cannot start agent command {shlex.quote(self.command)}: {exc}") from None
+            self.process = self._launch(log)
         if handshake:
             self.wait_ready(timeout_s)
             self.mark_ready()
+
+    def _launch(self, log: BinaryIO) -> subprocess.Popen:
+        """Start the agent, its output to `log`; the process returned stands for the agent (its
+        supervisor's view: the sandbox's launcher, or the command's shell)."""
+        try:
+            if self.sandbox:
+                return self.sandbox.launch(self.command, self.bind, self._curve_secret, log)
+            return subprocess.Popen(
+                self.command, shell=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=agent_environment(self.bind, curve_secret=self._curve_secret), start_new_session=True,
+            )
+        except SandboxError as exc:
+            raise AgentStartError(f"cannot start the agent in its sandbox: {exc}") from None
+        except OSError as exc:
+            raise AgentStartError(f"cannot start agent command {shlex.quote(self.command)}: {exc}") from None
+
+    def start_hint(self) -> str | None:
+        """What to check when the agent dies before answering."""
+        return self.sandbox.hint() if self.sandbox else None
 
     def mark_ready(self) -> None:
         """Write the agent's pid to the pidfile, if any: whoever supervises us learns it is up (and
@@ -178,7 +186,7 @@ class AgentProcess:
                 return None
             last = self.output_tail(400).strip().splitlines()
             why = self.breach()
-            hint = f" ({why})" if why else f" ({self.sandbox.hint()})" if self.sandbox else ""
+            hint = f" ({why or self.start_hint()})" if why or self.start_hint() else ""
             return f"agent command exited with code {code} before answering" + (f": {last[-1]}" if last else "") + hint
 
         def last_output() -> str:

@@ -103,6 +103,19 @@ def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], context: Work
         return
 
 
+def _agent_container(image: str, command: str | None, log: str | None, sandbox: SandboxSpec | None, curve: bool,
+                     pidfile: str | None) -> AgentProcess:
+    """The paired agent as a container of `image` (always fenced: `sandbox`, else the defaults)."""
+    from env_worker.container import AgentContainer, EngineError, find_engine
+
+    try:
+        engine = find_engine()
+    except EngineError as exc:
+        raise AgentStartError(str(exc)) from None
+    return AgentContainer(image, command, log or f"agent-{os.getpid()}.log", engine, sandbox or SandboxSpec(),
+                          curve=curve, pidfile=pidfile)
+
+
 def run_worker(
     redis_url: str,
     queues: list[str],
@@ -119,13 +132,15 @@ def run_worker(
     record_dir: str | None = None,
     sandbox: SandboxSpec | None = None,
     metrics_url: str | None = None,
+    agent_image: str | None = None,
 ) -> None:
     """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped,
     saying so on stderr (a start line, one line per episode; `metrics_url` is only named there).
 
     An `agent_endpoint` with ``{slot}`` in it is a template: the worker claims a free slot in Redis
     (see `env_worker.agent_slots`) and pairs with that agent. A started agent is fenced in by
-    `sandbox` (None: not at all); the line saying how goes to stderr once it runs.
+    `sandbox` (None: not at all); the line saying how goes to stderr once it runs. With `agent_image`
+    the agent is a container of that image (`env_worker.container`), `agent_command` its arguments.
     """
     try:
         conn = connect(redis_url)
@@ -141,12 +156,14 @@ def run_worker(
             raise WorkerStartError(str(exc)) from None
         agent_endpoint = agent_endpoint.format(slot=lease.slot)
     process = None
-    if agent_command:
-        try:
+    try:
+        if agent_image:
+            process = _agent_container(agent_image, agent_command, agent_log, sandbox, curve, pidfile)
+        elif agent_command:
             process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
                                    connect=agent_endpoint, curve=curve, pidfile=pidfile, sandbox=sandbox)
-        except AgentStartError as exc:
-            raise WorkerStartError(str(exc)) from None
+    except AgentStartError as exc:
+        raise WorkerStartError(str(exc)) from None
     endpoint = process.endpoint if process else agent_endpoint
     if not endpoint:
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
@@ -154,7 +171,8 @@ def run_worker(
                                                   curve_server_key=curve_server_key), record_dir=record_dir)
     log = worker_logger()
     context.observers.append(EpisodeLog(context.agent.name, log))
-    log.info(start_line(context.agent.name, list(queues), endpoint, agent_command, metrics_url))
+    log.info(start_line(context.agent.name, list(queues), endpoint, process.command if process else None,
+                        metrics_url))
     try:
         try:
             if process:  # launched first: its start-up (imports, models) overlaps ours

@@ -105,9 +105,32 @@ def sandbox_options(command):
         click.option("--no-sandbox", is_flag=True,
                      help="Run agents as plain child processes: flateval's user, network and files, no limits "
                           "(debugging only)."),
+        click.option("--agent-image", metavar="IMAGE",
+                     help="Run each agent as a container of IMAGE (its own command, or --agent's as the container's "
+                          "arguments), fenced as in the cluster; agent_bridge is brought in (docs/participants.md)."),
     ]):
         command = option(command)
     return command
+
+
+def _refuse_unfenced_image(image: str | None, no_sandbox: bool) -> None:
+    if image and no_sandbox:
+        raise CliError("--agent-image runs the agent fenced in its container: --no-sandbox does not apply")
+
+
+def _check_agent_image(image: str | None, no_sandbox: bool) -> None:
+    """Before anything starts: an engine, the image on it, and what flateval brings into it (prepared
+    once per machine); each failure one line."""
+    if not image:
+        return
+    _refuse_unfenced_image(image, no_sandbox)
+    from env_worker.container import BridgeDepsError, EngineError, bridge_deps_dir, find_engine
+
+    try:
+        find_engine().image(image)
+        bridge_deps_dir(log=lambda line: click.echo(f"flateval: {line}", err=True))
+    except (EngineError, BridgeDepsError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def _sandbox_spec(cpus: float | None, memory: str | None, pids: int | None, **rest: Any):
@@ -202,7 +225,9 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 
 # --------------------------------------------------------------------------------------- run
 @main.command()
-@click.option("--agent", "agent_command", required=True, help="Shell command that starts one agent instance.")
+@click.option("--agent", "agent_command", help="Shell command that starts one agent instance (with --agent-image: "
+                                              "the container's arguments, e.g. \"python -m agent_bridge.flatland_remote "
+                                              "run.py\").")
 @click.option("--test-set", type=click.Path(), help="Test set directory (Test_<N>/Level_<M>.pkl); default: bundled.")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="Worker+agent pairs.")
@@ -222,8 +247,9 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
         overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
         record_dir: str | None, agent_startup_timeout: float, metrics_port: int | None, metrics_host: str,
         curve: bool, report_file: str | None, agent_cpus: float | None, agent_memory: str | None,
-        agent_pids: int | None, no_sandbox: bool) -> None:
-    """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score."""
+        agent_pids: int | None, no_sandbox: bool, agent_image: str | None) -> None:
+    """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score.
+    The agent is a command (--agent) or a container image (--agent-image)."""
     from broker.plan import PlanError
     from broker.test_set import TestSetError
     from core.challenge import ChallengeError
@@ -236,9 +262,12 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                                overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout,
                                metrics_port=metrics_port, metrics_host=metrics_host, curve=curve, agent_cpus=agent_cpus, agent_memory=agent_memory,
-                               agent_pids=agent_pids, sandbox=not no_sandbox)
+                               agent_pids=agent_pids, sandbox=not no_sandbox, agent_image=agent_image)
+    if not agent_command and not agent_image:
+        raise CliError("give the agent: --agent \"CMD\" (a command) or --agent-image IMAGE (a container)")
     if not no_sandbox:
         _sandbox_spec(agent_cpus, agent_memory, agent_pids)  # a bad size is one line before anything starts
+    _check_agent_image(agent_image, no_sandbox)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes, seed=seed,
@@ -314,7 +343,8 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
            startup_timeout: float, metrics_port: int | None, metrics_host: str, agent_slots: int | None,
            curve: bool,
            agent_curve_key: str | None, record_dir: str | None, agent_cpus: float | None, agent_memory: str | None,
-           agent_pids: int | None, no_sandbox: bool, agent_hide: tuple[str, ...], agent_cpu_offset: int | None) -> None:
+           agent_pids: int | None, no_sandbox: bool, agent_image: str | None, agent_hide: tuple[str, ...],
+           agent_cpu_offset: int | None) -> None:
     """Run an env worker paired with one agent (without --queue: every open submission's queue).
 
     An agent it starts (--agent-command) is sandboxed with neurips2020's agent resources unless
@@ -326,7 +356,8 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
     queues = tuple(q for item in queues for q in item.split())
     from flateval.planning import BUNDLED_TEST_SET
 
-    sandbox = None if no_sandbox or not agent_command else _sandbox_spec(
+    _refuse_unfenced_image(agent_image, no_sandbox)
+    sandbox = None if no_sandbox or not (agent_command or agent_image) else _sandbox_spec(
         agent_cpus, agent_memory, agent_pids, cpu_offset=agent_cpu_offset,
         hide=(*agent_hide, str(BUNDLED_TEST_SET.parent)))  # every bundled test set
     if metrics_port:
@@ -340,7 +371,8 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
                    agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
                    pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key,
                    record_dir=str(Path(record_dir).resolve()) if record_dir else None, sandbox=sandbox,
-                   metrics_url=_metrics_url(metrics_host, metrics_port) if metrics_port else None)
+                   metrics_url=_metrics_url(metrics_host, metrics_port) if metrics_port else None,
+                   agent_image=agent_image)
     except WorkerStartError as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:
@@ -563,6 +595,18 @@ def render(directory: str, selection: tuple[str, ...], fmt: str) -> None:
         if video.note:
             click.echo(f"flateval: {video.note}", err=True)
         click.echo(f"{episode.submission}/{episode.ep_id}: {video.frames} frames -> {video.path}")
+
+
+@main.command("agent-deps")
+def agent_deps() -> None:
+    """Prepare what --agent-image brings into every agent container (pyzmq and msgpack for CPython
+    3.8-3.13; once per machine, from PyPI, or offline from FLATEVAL_AGENT_WHEELS=DIR) and print its folder."""
+    from env_worker.container import BridgeDepsError, bridge_deps_dir
+
+    try:
+        click.echo(bridge_deps_dir(log=lambda line: click.echo(f"flateval: {line}", err=True)))
+    except BridgeDepsError as exc:
+        raise CliError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------- kubernetes

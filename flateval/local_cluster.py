@@ -66,6 +66,7 @@ class LocalCluster:
     pairs: list[_Pair] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)  # every worker's sandbox options
     agent_cores: int = 0  # cores per agent: pair i's start at i x this (0: no sandbox)
+    agent_image: str | None = None  # agents are containers of this image
 
     @property
     def metrics_dir(self) -> Path:
@@ -92,6 +93,8 @@ class LocalCluster:
         for pair in self.pairs:
             _terminate(pair.process)
             _kill_agent_group(pair.agent_pidfile)
+        if self.agent_image:  # the containers of workers that could not remove theirs (killed)
+            _remove_orphan_containers()
         if self.redis_server:
             self.redis_server.stop()
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -119,6 +122,16 @@ def _kill_agent_group(pidfile: Path) -> None:
     try:
         os.killpg(int(pidfile.read_text()), signal.SIGKILL)
     except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        pass
+
+
+def _remove_orphan_containers() -> None:
+    from env_worker.container import EngineError, find_engine
+    from env_worker.container.agent import remove_orphans
+
+    try:
+        remove_orphans(find_engine())
+    except EngineError:
         pass
 
 
@@ -150,10 +163,11 @@ def _spawn_pair(cluster: LocalCluster, settings: RunSettings, redis_url: str, qu
     pidfile = cluster.run_dir / f"{tag}.agent.pid"
     agent_log = cluster.run_dir / f"pair-{index}.agent.log"
     name = f"{tag}-{queue}"
-    args = [sys.executable, "-m", "flateval", "worker", "--queue", queue,
-            "--agent-command", settings.agent_command, "--agent-log", str(agent_log),
+    args = [sys.executable, "-m", "flateval", "worker", "--queue", queue, "--agent-log", str(agent_log),
             "--agent-pidfile", str(pidfile), "--name", name,
             "--startup-timeout", str(settings.agent_startup_timeout_s)] + (["--curve"] if settings.curve else [])
+    args += (["--agent-command", settings.agent_command] if settings.agent_command else []) + (
+        ["--agent-image", settings.agent_image] if settings.agent_image else [])
     args += cluster.agent_args + (["--agent-cpu-offset", str(index * cluster.agent_cores)] if cluster.agent_cores else [])
     # the Redis URL by environment, not on a command line that any process may read in /proc
     env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir), **agent_spin_env(settings.workers),
@@ -268,7 +282,8 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
                 raise RunError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
                                f"{exc.strerror or exc}") from None
             cluster.metrics_server = server
-        sid = submit.create(conn, plan, agent_command=settings.agent_command, workers=settings.workers)
+        sid = submit.create(conn, plan, agent_command=settings.agent, workers=settings.workers)
+        cluster.agent_image = settings.agent_image
         queue = store.queue_name(sid)
         cluster.agent_args, cluster.agent_cores = sandbox_args(settings, plan, cluster.run_dir)
         _start_pairs(cluster, settings, redis_url, queue)

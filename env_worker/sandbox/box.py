@@ -41,6 +41,19 @@ REPORT_TIMEOUT_S = 10.0
 _counter = itertools.count()
 
 
+def agent_uid() -> int | None:
+    """A fresh uid for one agent when we are root (None otherwise: it runs as we do)."""
+    return AGENT_UID_BASE + os.getpid() * 16 + next(_counter) % 16 if os.geteuid() == 0 else None
+
+
+def private_dir(parent: Path) -> Path:
+    """A fresh private directory for one agent (named <worker pid>-<random>, so that
+    `remove_stale_dirs` finds it once its worker is gone), removed when we exit."""
+    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 class SandboxError(RuntimeError):
     """The sandbox could not be built; the message is one line for the user."""
 
@@ -141,15 +154,14 @@ class Sandbox:
         keeps the agent in the host's network); default: an ipc:// socket in its private directory."""
         global _stale_removed
         self.spec = spec
-        self.uid = AGENT_UID_BASE + os.getpid() * 16 + next(_counter) % 16 if os.geteuid() == 0 else None
+        self.uid = agent_uid()
         parent = agents_dir()
         if not _stale_removed:
             _stale_removed = True
             remove_stale_dirs(parent)
             cgroups.remove_stale()
         self.agents_dir = parent
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
-        atexit.register(shutil.rmtree, self.dir, True)
+        self.dir = private_dir(parent)
         self.home = self.dir / "home"
         ipc = self.dir / "ipc"
         self._private(ipc)

@@ -1,0 +1,242 @@
+"""A participant's image as the agent (`flateval run --agent-image`), on a real container engine.
+
+Two images built here from Dockerfiles shaped like the starter kits (tests/agent_images/), neither
+holding agent_bridge: a FlatlandRemoteClient script (`python run.py`, NeurIPS 2020) and a flatland
+Policy named by POLICY/OBS_BUILDER behind an entrypoint that resets PYTHONPATH (flatland-benchmarks'
+f3 kit). Each scores per episode exactly what the same code scores as a local command; the fence
+is read from inside a container started with the arguments flateval uses; SIGTERM stops an agent
+container within 2 s; no engine is one line. The images are built once per machine (their tag is
+keyed on the Dockerfile, the files copied in and the base image). Skipped, with the reason, only
+where no engine answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from env_worker.agent_process import wait_for_handshake
+from env_worker.container import EngineError, bridge_deps_dir, find_engine
+from env_worker.container.agent import AgentContainer
+from env_worker.container.bridge import DEPS_ENV, PYTHONS
+from env_worker.container.engine import LABEL
+from env_worker.sandbox import SandboxSpec
+from tests.test_run import flateval
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = Path(__file__).resolve().parent / "agent_images"
+SUBMISSIONS = Path(__file__).resolve().parent / "flatland_submissions"
+BASE_IMAGE = os.environ.get("FLATEVAL_BASE_IMAGE", "flateval/base:bookworm-r1")
+REMOTE = "python -m agent_bridge.flatland_remote run.py"
+POLICY = "python -m agent_bridge.flatland_policy"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    try:
+        found = find_engine()
+    except EngineError as exc:
+        print(f"SKIPPED: {exc}")
+        pytest.skip(str(exc))
+    if found.run("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
+        script = REPO / "deploy" / "docker" / "base-image.sh"
+        if not script.exists():
+            pytest.skip(f"no base image {BASE_IMAGE} and no {script.name} to build it")
+        subprocess.run(["sh", str(script), BASE_IMAGE], check=True, capture_output=True, timeout=600)
+    return found
+
+
+def build(engine, dockerfile: str, name: str) -> str:
+    """The image of `dockerfile` (context: tests/flatland_submissions), built unless this machine has it."""
+    digest = hashlib.sha256()
+    base_id = engine.run("image", "inspect", "--format", "{{.Id}}", BASE_IMAGE).stdout.strip()
+    for path in [IMAGES / dockerfile, *sorted(SUBMISSIONS.iterdir())]:
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    tag = f"flateval-test/{name}:{hashlib.sha256(digest.digest() + base_id.encode()).hexdigest()[:12]}"
+    if engine.run("image", "inspect", tag, check=False).returncode != 0:
+        engine.run("build", "-q", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag, "-f", str(IMAGES / dockerfile),
+                   str(SUBMISSIONS), timeout_s=900, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return tag
+
+
+@pytest.fixture(scope="module")
+def remote_image(engine) -> str:
+    return build(engine, "remote_client.Dockerfile", "remote-client")
+
+
+@pytest.fixture(scope="module")
+def policy_image(engine) -> str:
+    return build(engine, "policy.Dockerfile", "policy")
+
+
+def run(tmp_path: Path, test_set: Path, *args: str) -> tuple[dict, str]:
+    out = tmp_path / f"results-{len(list(tmp_path.glob('results-*')))}.json"
+    done = flateval("run", "--test-set", str(test_set), "--workers", "2", "--output", str(out), *args, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text()), done.stderr
+
+
+def scores(document: dict) -> dict[str, tuple]:
+    assert document["status"] == "finished"
+    return {e["env_file"]: (e["outcome"], e["normalized_return"], e["percentage_complete"], e["steps"])
+            for e in document["episodes"]}
+
+
+def our_containers(engine) -> list[str]:
+    return engine.run("ps", "-aq", "--filter", f"label={LABEL}").stdout.split()
+
+
+def test_remote_client_image_scores_as_the_local_command(engine, remote_image, small_test_set, tmp_path):
+    local, _ = run(tmp_path, small_test_set, "--agent",
+                   f"{sys.executable} -m agent_bridge.flatland_remote {SUBMISSIONS / 'remote_client_tree.py'}")
+    before = set(our_containers(engine))
+    image, stderr = run(tmp_path, small_test_set, "--agent-image", remote_image, "--agent", REMOTE)
+    assert scores(image) == scores(local)
+    assert any(outcome == "completed" and nr > -1 for outcome, nr, *_ in scores(image).values())
+    line = next(line for line in stderr.splitlines() if line.startswith("sandbox: container"))
+    assert f"{remote_image} on {engine.name} {engine.version}" in line, line
+    logs = image["agent_logs"]  # --workers 2: two containers, each one's output kept
+    assert len(logs) == 2 and all("Evaluation Complete" in tail for tail in logs.values()), logs
+    assert set(our_containers(engine)) <= before  # every container removed
+
+
+def test_policy_image_scores_as_the_local_command(engine, policy_image, small_test_set, tmp_path):
+    local, _ = run(tmp_path, small_test_set, "--agent",
+                   f"PYTHONPATH={SUBMISSIONS} {sys.executable} -m agent_bridge.flatland_policy "
+                   f"--policy tree_policy.ClosestBranchPolicy --obs-builder tree_policy.TreeObs")
+    image, _ = run(tmp_path, small_test_set, "--agent-image", policy_image, "--agent", POLICY)
+    assert scores(image) == scores(local)
+    assert len(image["agent_logs"]) == 2
+
+
+PROBE = r"""
+import json, os, socket
+found = {"uid": os.getuid(), "interfaces": sorted(os.listdir("/sys/class/net")), "test_set": os.path.exists(TEST_SET)}
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+found["cap_eff"] = int(status["CapEff"], 16)
+found["no_new_privs"] = status["NoNewPrivs"].strip()
+try:
+    open("/etc/flateval-probe", "w")
+    found["root_writable"] = True
+except OSError as exc:
+    found["root_writable"] = exc.strerror
+with open("/tmp/scratch", "w") as fh:
+    found["tmp_writable"] = fh.write("x") == 1
+mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
+found["mounts"] = [m for m in mounts if m.startswith("/flateval") or m.endswith("/agent_bridge")]
+def cgroup(*names):
+    for name in names:
+        for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"):
+            path = os.path.join(root, name)
+            if os.path.exists(path):
+                return open(path).read().strip()
+found["memory"] = cgroup("memory.max", "memory.limit_in_bytes")
+found["pids"] = cgroup("pids.max")
+try:
+    socket.create_connection(("127.0.0.1", 9), 1)
+except OSError as exc:
+    found["loopback"] = type(exc).__name__
+print(json.dumps(found))
+"""
+
+
+def test_the_fence_seen_from_inside(engine, remote_image, small_test_set, tmp_path):
+    """The arguments flateval runs an agent container with, a probe as its command: an image whose user
+    is root gets a uid of its own; no interface but lo (nothing is sent anywhere but its own loopback)."""
+    spec = SandboxSpec.from_options(1, "256Mi", 64)
+    for image in (remote_image, BASE_IMAGE):  # USER aicrowd; none (root)
+        container = AgentContainer(image, None, tmp_path / "agent.log", engine, spec)
+        container.name = f"flateval-probe-{os.getpid()}"
+        container.args = ["python3", "-c", f"TEST_SET = {str(small_test_set)!r}\n{PROBE}"]
+        try:
+            done = engine.run(*container.run_args(), timeout_s=60)
+        finally:
+            engine.run("rm", "-f", container.name, check=False)
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        assert found["uid"] != 0
+        assert found["interfaces"] == ["lo"]
+        assert found["loopback"] == "ConnectionRefusedError"
+        assert found["test_set"] is False
+        assert found["cap_eff"] == 0 and found["no_new_privs"] == "1"
+        assert found["root_writable"] == "Read-only file system" and found["tmp_writable"] is True
+        assert sorted(found["mounts"]) == sorted(["/flateval/link", "/flateval/deps",
+                                                  f"{'/home/aicrowd' if image == remote_image else ''}/agent_bridge"])
+        assert found["memory"] == str(256 << 20) and found["pids"] == "64"
+    assert found["uid"] == container.uid  # the base image names no user: a uid of ours
+
+
+@pytest.mark.parametrize("image_fixture", ["remote_image", "policy_image"])
+def test_sigterm_stops_an_agent_container_within_2s(engine, image_fixture, request, tmp_path):
+    """The remote client runs under the engine's init; the policy image's entrypoint is a shell that
+    does not exec (the agent is no child of PID 1): both stop within 2 s of SIGTERM."""
+    image, command = (request.getfixturevalue("remote_image"), REMOTE) if image_fixture == "remote_image" else (
+        request.getfixturevalue("policy_image"), POLICY)
+    container = AgentContainer(image, command, tmp_path / "agent.log", engine, SandboxSpec.from_options(1, "1Gi"))
+    container.start(120)
+    try:
+        sent = time.monotonic()
+        engine.run("kill", "--signal", "TERM", container.name)
+        container.process.wait(10)
+        took = time.monotonic() - sent
+    finally:
+        container.stop()
+    assert took < 2.0, f"{image} took {took:.2f} s to stop"
+    if image_fixture == "remote_image":  # its last words: the script's own end
+        assert "Evaluation Complete: 0 episodes" in container.output_tail()
+
+
+def test_no_engine_or_no_image_is_one_line(small_test_set, tmp_path):
+    done = flateval("run", "--agent-image", "flateval-test/none:0", "--test-set", str(small_test_set),
+                    env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "needs a container engine, and none answered" in done.stderr, done.stderr
+    done = flateval("run", "--agent-image", "flateval-test/none:0", "--test-set", str(small_test_set),
+                    env={"FLATEVAL_CONTAINER_CLI": "no-such-docker"}, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "no no-such-docker command" in done.stderr
+
+
+def test_no_image_is_one_line(engine, small_test_set):
+    done = flateval("run", "--agent-image", "flateval-test/none:0", "--test-set", str(small_test_set), timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "no image flateval-test/none:0 on Docker Engine" in done.stderr
+
+
+def _interpreters() -> list[tuple[str, str]]:
+    """One CPython per version 3.8-3.13 found on this machine (pyenv's, or the system's)."""
+    found = []
+    for version in PYTHONS:
+        candidates = [*sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python")),
+                      *(Path(d) / f"python{version}" for d in ("/usr/bin", "/usr/local/bin"))]
+        path = next((c for c in candidates if c.exists()), None)
+        if path:
+            found.append((version, str(path)))
+    return found
+
+
+def test_agent_bridge_runs_on_every_python_from_the_deps_folder(tmp_path):
+    """What an image gets mounted (the deps folder) serves the bridge on each CPython 3.8-3.13 found
+    here, none of which has pyzmq or msgpack of its own (``-s``: no user site)."""
+    deps = bridge_deps_dir()
+    interpreters = _interpreters()
+    if not interpreters:
+        pytest.skip("no CPython 3.8-3.13 besides ours on this machine")
+    print("interpreters:", " ".join(v for v, _ in interpreters))
+    for version, python in interpreters:
+        endpoint = f"ipc://{tmp_path}/{version}.sock"
+        agent = subprocess.Popen([python, "-s", "-m", "agent_bridge.examples.do_nothing"], cwd=REPO,
+                                 env={"PATH": os.environ["PATH"], DEPS_ENV: str(deps), "FLATEVAL_AGENT_BIND": endpoint},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for_handshake(endpoint, 30, exited=lambda: None if agent.poll() is None else
+                               f"python {version}: {agent.stdout.read().decode()[-300:]}")
+        finally:
+            agent.kill()
+            agent.wait()
