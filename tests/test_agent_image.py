@@ -193,6 +193,32 @@ def test_sigterm_stops_an_agent_container_within_2s(engine, image_fixture, reque
         assert "Evaluation Complete: 0 episodes" in container.output_tail()
 
 
+GREEDY = """
+from agent_bridge import serve
+class Greedy:
+    def reset(self, info):
+        self.greedy = info["env_file"] == "Test_0/Level_0.pkl"
+    def act(self, observations, info):
+        if self.greedy:
+            hoard = [bytearray(1 << 20) for _ in range(1024)]
+        return {}
+serve(Greedy())
+"""
+
+
+def test_a_container_past_its_memory_loses_that_episode_named(engine, remote_image, small_test_set, tmp_path):
+    """The engine's OOM killer ends the container: that episode is an agent_error naming the limit,
+    the container is replaced, the others complete; every episode says what its agent used."""
+    document, _ = run(tmp_path, small_test_set, "--agent-image", remote_image, "--agent",
+                      f"python -c '{GREEDY}'", "--agent-memory", "256Mi", "--workers", "1")
+    episodes = {e["env_file"]: e for e in document["episodes"]}
+    greedy = episodes.pop("Test_0/Level_0.pkl")
+    assert greedy["outcome"] == "agent_error" and greedy["error"].startswith("memory limit 256 MiB exceeded"), greedy
+    assert all(e["outcome"] == "completed" for e in episodes.values())
+    assert all(e["agent_usage"]["source"] == "cgroup" and e["agent_usage"]["peak_memory_bytes"] < 256 << 20
+               for e in episodes.values()), episodes
+
+
 def test_no_engine_or_no_image_is_one_line(small_test_set, tmp_path):
     done = flateval("run", "--agent-image", "flateval-test/none:0", "--test-set", str(small_test_set),
                     env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}, timeout=60)

@@ -39,7 +39,7 @@ from env_worker.container.bridge import DEPS_ENV, BridgeDepsError, bridge_deps_d
 from env_worker.container.engine import LABEL, Engine, EngineError, ImageConfig
 from env_worker.sandbox import AgentUsage, SandboxSpec, parse_memory
 from env_worker.sandbox import cgroups
-from env_worker.sandbox.box import agent_uid, agents_dir, private_dir, remove_stale_dirs
+from env_worker.sandbox.box import BreachWatch, agent_uid, agents_dir, private_dir, remove_stale_dirs
 from env_worker.sandbox.environment import THREAD_VARIABLES
 from env_worker.sandbox.spec import format_bytes, format_cores
 
@@ -81,6 +81,8 @@ class AgentContainer(AgentProcess):
         self.uid = None if not self.image_config.runs_as_root else agent_uid() or os.geteuid()
         self.cores = sandbox.cores(cgroups.cores_in_use())
         self.name = ""
+        self.cgroup: cgroups.AgentCgroup | None = None  # a view of the engine's cgroups, once it answered
+        self._watch = BreachWatch(sandbox)
         super().__init__(f"image {image} " + (f"with {command}" if command else "(its own command)"), log_path, bind=f"ipc://{LINK_DIR}/agent.sock",
                          connect=f"ipc://{link}/agent.sock", curve=curve, pidfile=pidfile)
 
@@ -112,12 +114,19 @@ class AgentContainer(AgentProcess):
 
     def _launch(self, log: BinaryIO) -> subprocess.Popen:
         self.name = f"flateval-agent-{os.getpid()}-{next(_names)}"
+        self.cgroup, self._watch = None, BreachWatch(self.limits)
         env = {**os.environ, CURVE_SECRET_ENV: self._curve_secret} if self._curve_secret else None
         try:
             return subprocess.Popen([self.engine.cli, *self.run_args()], stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as exc:
             raise AgentStartError(f"cannot run {self.engine.cli}: {exc.strerror or exc}") from None
+
+    def mark_ready(self) -> None:
+        """As a process's, and find the container's cgroups (through its init's pid) for the readings."""
+        super().mark_ready()
+        pid = (self.inspect().get("State") or {}).get("Pid")
+        self.cgroup = cgroups.AgentCgroup.of_process(pid) if pid else None
 
     def start_hint(self) -> str | None:
         return (f"the container runs as {self.user()} with a read-only root, /tmp writable, no network; "
@@ -161,15 +170,19 @@ class AgentContainer(AgentProcess):
                 + ", ".join(item for item in items if item))
 
     def breach(self) -> str | None:
-        """The memory limit, when the engine says the container was OOM-killed (read only once it ended)."""
-        if self.process is None or self.process.poll() is None:
-            return None
+        """The limit broken since the last call: from the container's cgroup counters while it
+        lives, else from the engine's word that it was OOM-killed."""
+        named = self._watch.check(self.cgroup)
+        if named or self.process is None or self.process.poll() is None:
+            return named
         if (self.inspect().get("State") or {}).get("OOMKilled"):
             return f"memory limit {format_bytes(self.limits.memory_bytes)} exceeded"
         return None
 
     def usage(self, reset_peak: bool = False) -> AgentUsage:
-        return AgentUsage(None, None, "none")
+        """CPU seconds and peak memory from the container's cgroups (as a sandboxed process's)."""
+        measured = self.cgroup.usage(reset_peak) if self.cgroup is not None else None
+        return measured or AgentUsage(None, None, "none")
 
     def stop(self, grace_s: float = 3.0) -> None:
         """SIGTERM to the container (its init passes it to the agent), `grace_s` to exit, then the

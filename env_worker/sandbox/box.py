@@ -54,6 +54,24 @@ def private_dir(parent: Path) -> Path:
     return path
 
 
+class BreachWatch:
+    """The limits an agent's cgroup says it broke since the last look (its counters only grow)."""
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.seen: dict[str, int] = {}
+
+    def check(self, cgroup: cgroups.AgentCgroup | None) -> str | None:
+        events = cgroup.events() if cgroup else {}
+        new = {key: value - self.seen.get(key, 0) for key, value in events.items()}
+        self.seen = events
+        if new.get("oom_kill"):
+            return f"memory limit {format_bytes(self.spec.memory_bytes)} exceeded"
+        if new.get("pids_max"):
+            return f"process limit {self.spec.pids} reached"
+        return None
+
+
 class SandboxError(RuntimeError):
     """The sandbox could not be built; the message is one line for the user."""
 
@@ -171,7 +189,7 @@ class Sandbox:
         self.cores = spec.cores(cgroups.cores_in_use())
         self.cgroup: cgroups.AgentCgroup | None = None
         self.report: Report | None = None
-        self._events_seen: dict[str, int] = {}
+        self._watch = BreachWatch(spec)
         self._rlimits: dict[str, int] = {}
 
     def _private(self, path: Path) -> None:
@@ -190,7 +208,7 @@ class Sandbox:
         """Make the agent's cgroup and write its limits; what cannot be had falls back to rlimits."""
         spec = self.spec
         self.cgroup = cgroups.AgentCgroup(cgroups.cgroup_name())
-        self._events_seen = {}
+        self._watch = BreachWatch(spec)
         self._rlimits = {}
 
         def attempt(key: str, apply, detail) -> bool:
@@ -304,24 +322,16 @@ class Sandbox:
     def breach(self, output: Callable[[], str] = lambda: "") -> str | None:
         """The limit the agent broke since the last call (or its start), named for the user; `output`
         gives the tail of its log, read only under RLIMIT_AS (a breach is a MemoryError there)."""
-        events = self.cgroup.events() if self.cgroup else {}
-        new = {key: value - self._events_seen.get(key, 0) for key, value in events.items()}
-        self._events_seen = events
-        if new.get("oom_kill"):
-            return f"memory limit {format_bytes(self.spec.memory_bytes)} exceeded"
-        if new.get("pids_max"):
-            return f"process limit {self.spec.pids} reached"
+        named = self._watch.check(self.cgroup)
+        if named:
+            return named
         if "AS" in self._rlimits and "MemoryError" in output():
             return f"memory limit {format_bytes(self.spec.memory_bytes)} exceeded (RLIMIT_AS)"
         return None
 
     def usage(self, reset_peak: bool = False) -> AgentUsage | None:
         """From the agent's cgroup; None when it has none that can tell (the caller falls back)."""
-        if self.cgroup is not None:
-            cpu, peak = self.cgroup.cpu_seconds(), self.cgroup.peak_memory(reset_peak)
-            if cpu is not None and peak is not None:
-                return AgentUsage(cpu, peak)
-        return None
+        return self.cgroup.usage(reset_peak) if self.cgroup is not None else None
 
     def stopped(self) -> None:
         """After the launcher is gone: kill whatever escaped the pid namespace (none where there is

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.process_identity import stat_fields
+from env_worker.sandbox.usage import AgentUsage
 
 CFS_PERIOD_US = 100_000
 LIMITED = ("memory", "cpu", "cpuset", "pids")
@@ -152,6 +153,31 @@ class AgentCgroup:
                 for controller in hierarchy.controllers:
                     self.failed[controller] = f"cannot make {path}: {exc.strerror}"
 
+    @classmethod
+    def of_process(cls, pid: int) -> "AgentCgroup":
+        """A view of the cgroups process `pid` is in (a container's init: its engine made them), for
+        the readings below; nothing is made, limited or removed through it."""
+        view = cls.__new__(cls)
+        view.layout, view.dirs, view.failed, view._peak_fd = layout(), {}, {}, None
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return view
+        paths = dict(line.split(":", 2)[1:] for line in lines)
+        for fstype, mount, root, options in _mounts():
+            if fstype == "cgroup2":
+                key: str | None = ""
+            else:
+                controllers = {o for o in options if o in (*LIMITED, "cpuacct")}
+                key = next((k for k in paths if k and set(k.split(",")) == controllers), None)
+            hierarchy = next((h for h in view.layout.hierarchies() if h.version == (2 if fstype == "cgroup2" else 1)
+                              and h.own.is_relative_to(mount) and (h.version == 2 or h.controllers <= set(options))),
+                             None)
+            path = _own_dir(mount, root, paths[key]) if key in paths and hierarchy else None
+            if path is not None and path.is_dir():
+                view.dirs[hierarchy] = path
+        return view
+
     def _dir(self, controller: str) -> tuple[Path | None, int]:
         hierarchy = self.layout.by_controller.get(controller)
         path = self.dirs.get(hierarchy) if hierarchy else None
@@ -235,6 +261,11 @@ class AgentCgroup:
             return peak
         except (OSError, ValueError, IndexError):
             return None
+
+    def usage(self, reset_peak: bool = False) -> AgentUsage | None:
+        """CPU seconds and peak memory (`peak_memory`'s window); None when the cgroup cannot tell both."""
+        cpu, peak = self.cpu_seconds(), self.peak_memory(reset_peak)
+        return AgentUsage(cpu, peak) if cpu is not None and peak is not None else None
 
     def events(self) -> dict[str, int]:
         """Breach counters: ``oom_kill`` (processes the OOM killer ended), ``pids_max`` (forks refused)."""
