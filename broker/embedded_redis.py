@@ -88,7 +88,10 @@ def start_redis(
         args += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
     if password:
         args += ["--requirepass", password]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A session of its own: a terminal's Ctrl-C (sent to the whole foreground group) must not shut it
+    # down under `flateval run`, which still reads the finished episodes from it; it is stopped by pid.
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
     auth = f":{password}@" if password else ""
     url = f"redis://{auth}127.0.0.1:{port}/0" if port else f"unix://{auth}{socket_path}?db=0"
     server = RedisServer(process, url, directory, port)

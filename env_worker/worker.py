@@ -12,8 +12,10 @@ import gc
 import logging
 from importlib import import_module
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -103,7 +105,7 @@ def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], context: Work
         return
 
 
-def _agent_container(image: str, command: str | None, log: str | None, sandbox: SandboxSpec | None, curve: bool,
+def _agent_container(image: str, command: str | None, log: str, sandbox: SandboxSpec | None, curve: bool,
                      pidfile: str | None) -> AgentProcess:
     """The paired agent as a container of `image` (always fenced: `sandbox`, else the defaults)."""
     from env_worker.container import AgentContainer, EngineError, find_engine
@@ -112,7 +114,7 @@ def _agent_container(image: str, command: str | None, log: str | None, sandbox: 
         engine = find_engine()
     except EngineError as exc:
         raise AgentStartError(str(exc)) from None
-    return AgentContainer(image, command, log or f"agent-{os.getpid()}.log", engine, sandbox or SandboxSpec(),
+    return AgentContainer(image, command, log, engine, sandbox or SandboxSpec(),
                           curve=curve, pidfile=pidfile)
 
 
@@ -156,13 +158,18 @@ def run_worker(
             raise WorkerStartError(str(exc)) from None
         agent_endpoint = agent_endpoint.format(slot=lease.slot)
     process = None
+    scratch = None  # the agent's log when none was asked for: ours, never in the current directory
+    if (agent_image or agent_command) and not agent_log:
+        scratch = tempfile.mkdtemp(prefix=f"flateval-worker-{os.getpid()}-")
+        agent_log = os.path.join(scratch, "agent.log")
     try:
         if agent_image:
             process = _agent_container(agent_image, agent_command, agent_log, sandbox, curve, pidfile)
         elif agent_command:
-            process = AgentProcess(agent_command, agent_log or f"agent-{os.getpid()}.log", bind=agent_endpoint,
+            process = AgentProcess(agent_command, agent_log, bind=agent_endpoint,
                                    connect=agent_endpoint, curve=curve, pidfile=pidfile, sandbox=sandbox)
     except AgentStartError as exc:
+        shutil.rmtree(scratch or "", ignore_errors=True)
         raise WorkerStartError(str(exc)) from None
     endpoint = process.endpoint if process else agent_endpoint
     if not endpoint:
@@ -196,3 +203,5 @@ def run_worker(
         context.close()
         if lease:
             lease.release()
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -255,7 +255,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     from core.challenge import ChallengeError
     from flateval.local_cluster import RunError, run_local
     from flateval.planning import BUNDLED_TEST_SET, plan_run
-    from flateval.progress import ProgressView, print_score
+    from flateval.progress import ProgressView
 
     settings = cfg.RunSettings(agent_command=agent_command, test_set=test_set, workers=workers, redis_url=redis_url,
                                output=output, seed=seed, env=env, episodes=episodes, challenge=challenge, phase=phase,
@@ -277,16 +277,35 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
         with ProgressView() as view:
             document = run_local(settings, plan, on_progress=view.update,
                                  on_notice=lambda line: click.echo(line, err=True))
-    except (RunError, TestSetError, ChallengeError, PlanError) as exc:
+    except RunError as exc:  # failed or stopped: once the submission existed, its results are kept all the same
+        if exc.document is not None:
+            _deliver(exc.document, output, plan.template.record_dir, report_file)
         raise CliError(str(exc)) from None
-    except KeyboardInterrupt:
-        raise CliError("interrupted: the submission is cancelled and everything started was stopped") from None
-    print_score(document)
-    kept = _keep_results(document, output)
-    if plan.template.record_dir:
+    except (TestSetError, ChallengeError, PlanError) as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:  # before the submission existed
+        raise CliError("interrupted: nothing was evaluated; everything started was stopped") from None
+    _deliver(document, output, plan.template.record_dir, report_file)
+
+
+def _deliver(document: dict[str, Any], output: str | None, record_dir: str | None, report_file: str | None) -> None:
+    """Everything a run leaves a person, whatever its status: the score table (when an episode ended),
+    the results file, the results beside the recordings, the report."""
+    from flateval.progress import print_score
+
+    if document["episodes"]:
+        print_score(document)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # the results file is the only copy: never cut it short
+        signal.signal(stop, signal.SIG_IGN)
+    try:
+        kept = _keep_results(document, output)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+    if record_dir and document["episodes"]:
         from flateval.audit_report import save_recorded_results
 
-        click.echo(save_recorded_results(document, plan.template.record_dir), err=True)
+        click.echo(save_recorded_results(document, record_dir), err=True)
     if report_file:
         _write_report([document], [kept.resolve().parent], report_file)
 
@@ -315,8 +334,11 @@ def _keep_results(document: dict[str, Any], output: str | None) -> Path:
 @click.option("--queue", "queues", multiple=True, envvar="FLATEVAL_QUEUES",
               help="Queue(s) to work, in priority order (env: FLATEVAL_QUEUES, space-separated).")
 @click.option("--agent-endpoint", envvar=cfg.AGENT_ENDPOINT_ENV, help="The paired agent's endpoint.")
-@click.option("--agent-command", help="Start (and restart after faults) the agent with this shell command.")
-@click.option("--agent-log", type=click.Path(dir_okay=False), help="Where the agent's output goes.")
+@click.option("--agent-command", "--agent", "agent_command",
+              help="Start (and restart after faults) the agent with this shell command.")
+@click.option("--agent-log", type=click.Path(dir_okay=False),
+              help="Keep the agent's output in this file (default: a temporary file, removed when the worker "
+                   "stops; its tail goes into the results' agent_logs either way).")
 @click.option("--agent-pidfile", type=click.Path(dir_okay=False), hidden=True)
 @click.option("--name", help="Worker name (default host:pid).")
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
@@ -552,8 +574,13 @@ def verify(target: str, workers: int) -> None:
         targets = targets_from(Path(target))
     except VerifyError as exc:
         raise CliError(str(exc)) from None
+    unscored = _unscored(target)
+    if unscored and not targets:
+        raise CliError(f"{target}: {unscored}; no episode finished, nothing to verify")
     if not targets:
         raise CliError(f"no recorded episode under {target} (record with --record DIR)")
+    if unscored:
+        click.echo(f"flateval: {target}: {unscored}; checking the {len(targets)} episodes that finished", err=True)
     verdicts = verify_all(targets, workers)
     print_verdicts(verdicts)
     failed = failure_lines(verdicts)
@@ -561,6 +588,17 @@ def verify(target: str, workers: int) -> None:
         click.echo(f"flateval: {line}", err=True)
     if failed:
         sys.exit(1)
+
+
+def _unscored(results_file: str) -> str | None:
+    """For a results file of a failed or cancelled submission: its status and why it has no score."""
+    from scoring.export import no_score
+
+    if not Path(results_file).is_file():
+        return None
+    document = _read_results_file(results_file)
+    reason = no_score(document)
+    return None if reason is None else f"a {document.get('status')} submission, no score ({reason})"
 
 
 @main.command()

@@ -42,7 +42,13 @@ AGENT_SPIN_US = 1000
 
 
 class RunError(RuntimeError):
-    """The evaluation could not run; the message is one line for the user."""
+    """The evaluation could not run, or was stopped; the message is one line for the user. Once the
+    submission existed, `document` holds its results document (failed or cancelled, with the
+    episodes that finished and the agents' output): a run never ends without one."""
+
+    def __init__(self, message: str, document: dict | None = None) -> None:
+        super().__init__(message)
+        self.document = document
 
 
 @dataclass
@@ -173,9 +179,31 @@ def _spawn_pair(cluster: LocalCluster, settings: RunSettings, redis_url: str, qu
     env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir), **agent_spin_env(settings.workers),
            **link_spin_env(settings.workers),
            REDIS_URL_ENV: redis_url, LIFELINE_ENV: str(os.getpid())}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+    with open(log, "wb") as out:  # a session of its own: a Ctrl-C reaches `flateval run` alone, which cancels
+        # the submission first and then stops the workers (the lifeline ends them should it die)
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
     return _Pair(index, process, log, pidfile, name, agent_log, generation)
+
+
+def private_paths(plan: SubmissionPlan) -> list[str]:
+    """What the agents must not see of the submission: the test set, the recordings."""
+    return [path for path in (plan.test_set, plan.template.record_dir) if path]
+
+
+def check_hideable(settings: RunSettings, plan: SubmissionPlan) -> None:
+    """Refuse, before anything starts, a test set the sandbox cannot hide: one holding the agent's
+    own files (its command's, its working directory). Each worker checks again before each start."""
+    from env_worker.sandbox.box import SandboxError, absolute_command, agents_dir, unhideable
+
+    if not settings.sandbox or settings.agent_image:  # a container is given nothing of the host's files
+        return
+    try:
+        problem = unhideable(private_paths(plan), absolute_command(settings.agent_command), agents_dir())
+    except SandboxError as exc:
+        raise RunError(str(exc)) from None
+    if problem:
+        raise RunError(problem)
 
 
 def sandbox_args(settings: RunSettings, plan: SubmissionPlan, run_dir: Path) -> tuple[list[str], int]:
@@ -188,9 +216,8 @@ def sandbox_args(settings: RunSettings, plan: SubmissionPlan, run_dir: Path) -> 
             "--agent-hide", str(run_dir)]
     if settings.agent_pids is not None:
         args += ["--agent-pids", str(settings.agent_pids)]
-    for private in (plan.test_set, plan.template.record_dir):  # the test set, the recordings
-        if private:
-            args += ["--agent-hide", private]
+    for private in private_paths(plan):
+        args += ["--agent-hide", private]
     return args, math.ceil(cpus)
 
 
@@ -261,7 +288,11 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
               on_notice: Callable[[str], None] | None = None) -> dict:
     """Evaluate one submission (`flateval.planning.plan_run`) on a local cluster; return the results
     document. `on_progress` gets the results so far and the submission's record whenever a result
-    arrives; `on_notice` the line saying how the agents are sandboxed, once they run."""
+    arrives; `on_notice` the line saying how the agents are sandboxed, once they run.
+
+    Raises `RunError`: before the submission exists without a document; after, with its document
+    (failed: an agent that could not start; cancelled: SIGINT, or SIGTERM turned into one by the CLI)."""
+    check_hideable(settings, plan)
     reap_dead_runs()  # what runs killed before us left: their folders and embedded Redis servers
     cluster = LocalCluster(make_run_dir())
     try:
@@ -284,29 +315,59 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
             cluster.metrics_server = server
         sid = submit.create(conn, plan, agent_command=settings.agent, workers=settings.workers)
         cluster.agent_image = settings.agent_image
-        queue = store.queue_name(sid)
-        cluster.agent_args, cluster.agent_cores = sandbox_args(settings, plan, cluster.run_dir)
-        _start_pairs(cluster, settings, redis_url, queue)
-        _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
-        line = _sandbox_line(cluster.pairs[0].log)
-        if on_notice and line:
-            on_notice(line)
-
-        specs = submit.episode_specs(sid, plan)
-        started = time.time()
-        submit.enqueue(conn, sid, plan, specs)
         try:
-            _follow(conn, sid, cluster, started + plan.overall_s, on_progress,
-                    respawn=lambda: _respawn_dead_pairs(cluster, settings, redis_url, queue))
-        except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one by the CLI
-            store.finalize(conn, sid, store.CANCELLED, "interrupted")
-            submit.drop_queue(conn, sid)
-            raise
+            _evaluate(conn, sid, cluster, settings, plan, redis_url, on_progress, on_notice)
+        except (RunError, KeyboardInterrupt) as exc:
+            raise _ended_early(conn, sid, cluster, exc) from None
         cluster.stop_pairs()
         _keep_agent_logs(conn, sid, cluster)
         return results_document(conn, sid)
     finally:
         cluster.stop()
+
+
+def _evaluate(conn: redis.Redis, sid: str, cluster: LocalCluster, settings: RunSettings, plan: SubmissionPlan,
+              redis_url: str, on_progress: Callable[[list[dict], store.Submission], None] | None,
+              on_notice: Callable[[str], None] | None) -> None:
+    """Start the pairs, enqueue the episodes once every agent answered (timing starts there), follow
+    the submission until it ends."""
+    queue = store.queue_name(sid)
+    cluster.agent_args, cluster.agent_cores = sandbox_args(settings, plan, cluster.run_dir)
+    _start_pairs(cluster, settings, redis_url, queue)
+    _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
+    line = _sandbox_line(cluster.pairs[0].log)
+    if on_notice and line:
+        on_notice(line)
+    specs = submit.episode_specs(sid, plan)
+    started = time.time()
+    submit.enqueue(conn, sid, plan, specs)
+    _follow(conn, sid, cluster, started + plan.overall_s, on_progress,
+            respawn=lambda: _respawn_dead_pairs(cluster, settings, redis_url, queue))
+
+
+def _ended_early(conn: redis.Redis, sid: str, cluster: LocalCluster, cause: BaseException) -> RunError:
+    """End the submission as `cause` says (an interrupt: cancelled; an agent that could not start:
+    failed), stop the pairs, and give the error with the results document: the episodes that
+    finished (kept, without a score) and the agents' output (a start-up traceback)."""
+    interrupted = isinstance(cause, KeyboardInterrupt)
+    store.finalize(conn, sid, store.CANCELLED if interrupted else store.FAILED,
+                   "interrupted" if interrupted else str(cause))
+    submit.drop_queue(conn, sid)
+    document = results_document(conn, sid)  # final now: a second interrupt below loses nothing
+    try:
+        cluster.stop_pairs()
+        _keep_agent_logs(conn, sid, cluster)  # their last words too
+        document = results_document(conn, sid)
+    except KeyboardInterrupt:
+        pass  # asked twice: stop at once (`stop` kills what is left), with the results as they were
+    if not interrupted:
+        return RunError(str(cause), document)
+    if document["status"] == store.FINISHED:  # its last result came first
+        return RunError("interrupted as the submission finished: its results are complete", document)
+    finished = len(document["episodes"])
+    return RunError(f"interrupted: the submission is {document['status']}, its {finished} finished "
+                    f"episode{'' if finished == 1 else 's'} kept without a score; everything started was stopped",
+                    document)
 
 
 def _keep_agent_logs(conn: redis.Redis, sid: str, cluster: LocalCluster) -> None:

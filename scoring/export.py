@@ -59,13 +59,22 @@ def episodes_played(document: dict[str, Any]) -> str:
     return f"{len(_episodes(document))} of {planned}"
 
 
+def no_score(document: dict[str, Any]) -> str | None:
+    """Why a results document has no score (a failed or cancelled submission: its error, else its
+    status), or None when it has one."""
+    score = document.get("score") or {}
+    if document.get("status") == "finished" and score.get("mean_normalized_return") is not None:
+        return None
+    return document.get("error") or f"status {document.get('status')}"
+
+
 def to_evalai(document: dict[str, Any], split: str | None = None) -> list[dict[str, Any]]:
     """The list EvalAI's submission-update endpoint takes as ``result`` (see docs/evalai.md)."""
     _episodes(document)
     score = document.get("score") or {}
     primary, secondary = score.get("mean_normalized_return"), score.get("mean_percentage_complete")
-    if document.get("status") != "finished" or primary is None:
-        reason = document.get("error") or f"status {document.get('status')}"
+    reason = no_score(document)
+    if reason is not None:
         raise ExportError(f"submission has no score to export ({reason})")
     split = split or (document.get("settings") or {}).get("phase") or "test"
     accuracies = {"mean_normalized_return": float(primary)}

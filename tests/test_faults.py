@@ -297,7 +297,9 @@ def test_worker_does_not_grow_over_500_episodes(redis_url, redis_conn, small_tes
 
 def test_interrupted_run_is_cancelled(small_test_set, tmp_path, redis_url, redis_conn, fault_report):
     agent, token = slow_agent(tmp_path, delay=0.02)
-    run = start_run("--agent", agent, "--test-set", str(small_test_set), "--workers", "2", "--redis", redis_url)
+    out = tmp_path / "results.json"
+    run = start_run("--agent", agent, "--test-set", str(small_test_set), "--workers", "2", "--redis", redis_url,
+                    "--output", str(out))
     wait_for(lambda: leases(redis_conn), 60, "an episode to start")
     run.send_signal(signal.SIGTERM)
     interrupted = time.monotonic()
@@ -306,8 +308,10 @@ def test_interrupted_run_is_cancelled(small_test_set, tmp_path, redis_url, redis
     sid = redis_conn.zrange(store.SUBMISSIONS, -1, -1)[0].decode()
     assert redis_conn.hget(store.submission_key(sid), "status") == b"cancelled"
     assert leftover_processes(token) == [] and leftover_processes(f"flateval-{sid}") == []
-    fault_report("`flateval run` interrupted (SIGTERM or SIGINT)",
-                 "the submission is `cancelled`; every process it started is stopped by pid", stopped)
+    assert json.loads(out.read_text())["status"] == "cancelled"
+    fault_report("`flateval run` interrupted (SIGTERM or SIGINT, a Ctrl-C to its whole process group)",
+                 "the submission is `cancelled`; its results document keeps the episodes that finished, without "
+                 "a score; every process it started is stopped by pid", stopped)
 
 
 # ------------------------------------------------------------------------------------ security

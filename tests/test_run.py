@@ -84,17 +84,35 @@ def test_empty_test_set_is_one_clear_line(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and "no Test_<N>/Level_<M>.pkl" in done.stderr
 
 
-def test_agent_that_exits_at_once_is_one_clear_line_and_leaves_nothing(small_test_set):
+def test_agent_that_cannot_start_fails_with_one_line_and_its_traceback_in_the_results(small_test_set, tmp_path):
+    """An agent that crashes at start: one line saying why, exit 1, and a results document (failed, the
+    error, the agent's output: the traceback a host posts as FAILED) that report, verify and export take."""
     token = f"flateval-test-{uuid.uuid4().hex[:8]}"
-    agent = f"{sys.executable} -c 'import sys; print(\"cannot load model\"); sys.exit(3)' {token}"
+    agent = f"{sys.executable} -c 'print(\"loading\"); raise RuntimeError(\"cannot load model\")' {token}"
     before = leftover_processes("flateval-run-")
-    done = flateval("run", "--agent", agent, "--test-set", str(small_test_set), "--workers", "2")
-    assert done.returncode != 0
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "agent command exited with code 3" in lines[0] and "cannot load model" in lines[0]
+    done = flateval("run", "--agent", agent, "--test-set", str(small_test_set), "--workers", "2", cwd=tmp_path)
+    assert done.returncode == 1
+    *said, last = done.stderr.strip().splitlines()
+    assert "agent command exited with code 1" in last and "RuntimeError: cannot load model" in last
+    [results] = (tmp_path / "flateval-results").iterdir()
+    assert said == [f"results written to flateval-results/{results.name}"], done.stderr
+    document = json.loads(results.read_text())
+    assert (document["status"], document["error"], document["episodes"]) == ("failed", last[len("flateval: "):], [])
+    assert document["score"]["mean_normalized_return"] is None and document["n_episodes"] == 4
+    assert len(document["agent_logs"]) == 2
+    for tail in document["agent_logs"].values():
+        assert "loading" in tail and "Traceback (most recent call last)" in tail and "cannot load model" in tail
     assert leftover_processes(token) == []
     assert leftover_processes("flateval-run-", before) == []
+
+    page = flateval("report", str(results), "--output", str(tmp_path / "report.html"))
+    assert page.returncode == 0, page.stderr
+    assert "failed" in (tmp_path / "report.html").read_text() and "Traceback" in (tmp_path / "report.html").read_text()
+    for command, says in ((["export", "--format", "evalai"], "submission has no score to export (agent command "),
+                          (["verify"], "a failed submission, no score (agent command exited")):
+        refused = flateval(*command[:1], str(results), *command[1:])
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert says in refused.stderr
 
 
 def test_the_next_run_reaps_what_a_sigkilled_run_left_and_nothing_alive(small_test_set, tmp_path):
@@ -129,7 +147,7 @@ def test_the_next_run_reaps_what_a_sigkilled_run_left_and_nothing_alive(small_te
     try:
         assert server is not None and not server.gone(), "the killed run's Redis died with it: nothing to reap"
         done = flateval("run", "--agent", f"{sys.executable} -c 'import sys; sys.exit(3)'", "--test-set",
-                        str(small_test_set), "--workers", "1")
+                        str(small_test_set), "--workers", "1", cwd=tmp_path)
         assert done.returncode != 0
         wait_for(lambda: server.gone(), 10, "the orphaned redis-server to stop")
         assert not run_dir.exists() and not reused.exists()
@@ -140,7 +158,6 @@ def test_the_next_run_reaps_what_a_sigkilled_run_left_and_nothing_alive(small_te
             os.kill(server.pid, 9)
         for folder in (run_dir, alive, unknown, reused):
             shutil.rmtree(folder, ignore_errors=True)
-
 
 def test_unreachable_redis_is_one_clear_line(small_test_set):
     done = flateval("run", "--agent", DO_NOTHING, "--test-set", str(small_test_set), "--redis",
@@ -271,31 +288,67 @@ def test_episode_command_prints_the_record(small_test_set, start_agent):
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_interrupted_run_cancels_and_stops_everything(sig, small_test_set, tmp_path, redis_url, redis_conn):
-    import signal
-    import time as clock
+COUNTS_EPISODES = """
+import os, time, uuid
+from agent_bridge import serve
+class Slow:
+    def reset(self, info):  # a file per episode started (each agent has a uid of its own)
+        open(os.path.join({marks!r}, uuid.uuid4().hex), "w").close()
+    def act(self, obs, info):
+        time.sleep(0.02)
+        return {{}}
+serve(Slow())
+"""
 
-    agent, token = slow_agent(tmp_path, delay=0.02)
-    run = subprocess.Popen([*FLATEVAL, "run", "--agent", agent, "--test-set",
-                            str(small_test_set), "--workers", "2", "--redis", redis_url],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = clock.monotonic() + 60
-    while not redis_conn.keys("flateval:submission:*:results") and clock.monotonic() < deadline:
-        clock.sleep(0.05)  # waiting for the first result to exist before interrupting
-    run.send_signal(getattr(signal, sig))
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_run_keeps_its_finished_episodes_cancelled_without_a_score(sig, thirty_env_set, tmp_path):
+    """Ctrl-C (SIGINT to the run's whole process group, as a terminal sends it: the embedded Redis and
+    the workers are in it too) or SIGTERM (to its pid) mid-run: it stops within a few seconds, says so
+    in one line, and its results document is cancelled with the episodes that finished, and no score."""
+    import signal
+
+    token = f"flateval-agent-{uuid.uuid4().hex[:8]}"
+    marks, script = tmp_path / "episodes", tmp_path / f"{token}.py"
+    marks.mkdir(mode=0o777)
+    marks.chmod(0o777)
+    script.write_text(COUNTS_EPISODES.format(marks=str(marks)))
+    out = tmp_path / "results.json"
+    run = subprocess.Popen([*FLATEVAL, "run", "--agent", f"{sys.executable} {script}", "--test-set",
+                            str(thirty_env_set), "--workers", "2", "--output", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(marks.iterdir())) < 3:  # 2 pairs: one has ended an episode
+        assert time.monotonic() < deadline and run.poll() is None, "no episode ended"
+        time.sleep(0.02)  # polling the agents' own record of their episodes
+    if sig == "SIGINT":
+        os.killpg(run.pid, signal.SIGINT)
+    else:
+        run.send_signal(signal.SIGTERM)
+    interrupted = time.monotonic()
     _, stderr = run.communicate(timeout=60)
-    assert run.returncode != 0
-    assert stderr.strip().splitlines()[-1].startswith("flateval: interrupted")
-    sid = redis_conn.zrange("flateval:submissions", -1, -1)[0].decode()
-    assert redis_conn.hget(f"flateval:submission:{sid}", "status") == b"cancelled"
+    stopped = time.monotonic() - interrupted
+    assert run.returncode == 1 and stopped < 10, (stopped, stderr)
+    document = json.loads(out.read_text())
+    finished = document["episodes"]
+    assert (document["status"], document["error"]) == ("cancelled", "interrupted")
+    assert 1 <= len(finished) < 30 and {e["outcome"] for e in finished} == {"completed"}
+    assert document["score"]["mean_normalized_return"] is None and document["score"]["episodes"] == len(finished)
+    assert stderr.strip().splitlines()[-1] == (f"flateval: interrupted: the submission is cancelled, its {len(finished)} "
+                                               f"finished episode{'s' * (len(finished) != 1)} kept without a score; "
+                                               "everything started was stopped")
     assert leftover_processes(token) == []
 
 
 def test_worker_without_queue_follows_every_submission(redis_url, redis_conn, small_test_set, tmp_path):
+    """... and, asked for no --agent-log, writes nothing into its current directory, nor leaves its
+    temporary log behind."""
+    import tempfile
+
     first = flateval("submit", "--redis", redis_url, "--test-set", str(small_test_set)).stdout.strip()
-    worker = subprocess.Popen([*FLATEVAL, "worker", "--redis", redis_url, "--agent-command", DO_NOTHING,
-                               "--agent-log", str(tmp_path / "agent.log")],
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    worker = subprocess.Popen([*FLATEVAL, "worker", "--redis", redis_url, "--agent", DO_NOTHING], cwd=cwd,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         second = flateval("submit", "--redis", redis_url, "--test-set", str(small_test_set)).stdout.strip()
@@ -310,6 +363,8 @@ def test_worker_without_queue_follows_every_submission(redis_url, redis_conn, sm
         _, stderr = worker.communicate(timeout=30)
     assert worker.returncode == 0, stderr
     assert "Traceback" not in stderr
+    assert list(cwd.iterdir()) == []
+    assert list(Path(tempfile.gettempdir()).glob(f"flateval-worker-{worker.pid}-*")) == []
 
 
 def test_worker_takes_no_episode_before_its_external_agent_answers(redis_url, redis_conn, small_test_set):

@@ -302,6 +302,46 @@ def test_the_agent_is_shown_the_paths_its_command_names(tmp_path):
     assert "relative" not in found and len(found) == len(set(found))
 
 
+def test_a_path_holding_the_agents_own_files_cannot_be_hidden(tmp_path):
+    """What the agent needs (its command's files, PYTHONPATH, its private directory) inside a path to
+    hide: named in one line. A sibling with the same prefix is no parent."""
+    from env_worker.sandbox.box import unhideable
+
+    tests, sibling, own = tmp_path / "tests", tmp_path / "tests2", tmp_path / "agents" / "a"
+    for folder in (tests, sibling, own):
+        folder.mkdir(parents=True)
+    (sibling / "agent.py").write_text("")
+    assert unhideable([str(tests)], f"python {sibling / 'agent.py'}", own, {}) is None
+    (tests / "agent.py").write_text("")
+    line = unhideable(["/run", str(tests)], f"python {tests / 'agent.py'}", own, {})
+    assert line.startswith(f"the sandbox cannot hide {tests} from the agent: it holds the agent's own files ({tests})")
+    assert unhideable([str(tests)], "python -m agent", own, {"PYTHONPATH": f"/nowhere:{tests}"}) is not None
+    assert unhideable([str(tmp_path / "agents")], "python -m agent", own, {}) is not None  # where it runs
+    assert "\n" not in line
+
+
+def test_a_test_set_holding_the_agent_refuses_to_start(tmp_path, small_test_set, redis_url):
+    """The agent's script inside the test set: `flateval run` refuses before anything starts, and a
+    worker told of that test set refuses to start the agent; one line each, no results, nothing left."""
+    shutil.copytree(small_test_set, tmp_path / "tests")
+    (tmp_path / "tests" / "agent.py").write_text("from agent_bridge.examples.do_nothing import *\n")
+    (tmp_path / "cwd").mkdir()
+    run = flateval("run", "--agent", f"{sys.executable} agent.py", "--test-set", ".", cwd=tmp_path / "tests")
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [f"flateval: the sandbox cannot hide {tmp_path / 'tests'} from the agent: it "
+                                       f"holds the agent's own files ({tmp_path / 'tests'}); keep the agent's command "
+                                       "and files out of it"]
+    assert not (tmp_path / "tests" / "flateval-results").exists()
+    worker = flateval("worker", "--redis", redis_url, "--queue", f"flateval-{uuid.uuid4().hex}", "--burst",
+                      "--agent", f"{sys.executable} {tmp_path / 'tests' / 'agent.py'}", cwd=tmp_path / "cwd",
+                      env={"FLATEVAL_TEST_SET_DIR": str(tmp_path / "tests")}, timeout=60)
+    assert worker.returncode == 1
+    assert [line for line in worker.stderr.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)] == [
+        f"flateval: cannot start the agent in its sandbox: the sandbox cannot hide {tmp_path / 'tests'} from the "
+        f"agent: it holds the agent's own files ({tmp_path / 'tests'}); keep the agent's command and files out of it"]
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------ one agent
 
 BURN = """

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable, Mapping
 
 from core.settings import TEST_SET_DIR_ENV
 from env_worker.sandbox import cgroups, launcher
@@ -166,6 +166,22 @@ def needed_paths(command: str, env: dict[str, str]) -> list[str]:
     return found
 
 
+def unhideable(hide: Iterable[str], command: str, own_dir: str | os.PathLike,
+               env: Mapping[str, str] | None = None) -> str | None:
+    """One line when a path the agent must not see (the test set, above all) holds the agent's own
+    files: its private directory (where it runs), what its command names, its Python, its PYTHONPATH.
+    Hiding that path would hide the agent from itself, and showing it would show the test set: the
+    agent must not start. None when every path can be hidden."""
+    own = [os.path.realpath(own_dir), *needed_paths(command, os.environ if env is None else env)]
+    for path in hide:
+        root = os.path.realpath(path).rstrip("/") + "/"
+        inside = next((p for p in own if (p.rstrip("/") + "/").startswith(root)), None)
+        if inside is not None:
+            return (f"the sandbox cannot hide {path} from the agent: it holds the agent's own files ({inside}); "
+                    f"keep the agent's command and files out of it")
+    return None
+
+
 class Sandbox:
     def __init__(self, spec: SandboxSpec, endpoint: str | None = None) -> None:
         """`endpoint`: where the agent must listen, when someone else decided (then a TCP endpoint
@@ -234,8 +250,12 @@ class Sandbox:
     def launch(self, command: str, bind: str, curve_secret: str | None, log: BinaryIO) -> subprocess.Popen:
         """Start `command` fenced in; returns the launcher's process (the agent, as its supervisor
         sees it). Raises `SandboxError` when the launcher cannot build the sandbox."""
-        self._fresh_home()
         command = absolute_command(command)
+        hide = [*always_hidden(), *self.spec.hide]
+        problem = unhideable(hide, command, self.dir)  # PYTHONPATH: ours, as the agent's environment has it
+        if problem:
+            raise SandboxError(problem)
+        self._fresh_home()
         report = Report()
         self._limits(report)
         env = sandboxed_environment(bind, str(self.home), len(self.cores), curve_secret)
@@ -243,7 +263,7 @@ class Sandbox:
         config = {
             "parent": os.getpid(), "command": command, "home": str(self.home), "uid": self.uid, "gid": self.uid,
             "network": self.endpoint.startswith("ipc://"), "agents_dir": str(self.agents_dir),
-            "own_dir": str(self.dir), "hide": [*always_hidden(), *self.spec.hide], "status_fd": status_write,
+            "own_dir": str(self.dir), "hide": hide, "status_fd": status_write,
             "cgroup_procs": self.cgroup.procs_files(), "cpus": self.cores, "rlimits": self._rlimits,
             "reachable": needed_paths(command, env) if self.uid is not None else [],
         }

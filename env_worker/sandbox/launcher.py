@@ -226,11 +226,7 @@ def private_mounts(config: dict, pidns: bool, on: dict, off: dict) -> None:
     parent, own = config["agents_dir"], config["own_dir"]
     _bind_only(parent, {os.path.basename(own)})
     hidden.append("other agents")
-    keep = [own, *targets]
-    for path in config["hide"]:
-        if any(k == path or k.startswith(path.rstrip("/") + "/") for k in keep):
-            off.setdefault("hide", f"{path} holds the agent's own files")
-            continue
+    for path in config["hide"]:  # none holds the agent's own files: the worker refuses to start it then
         try:
             if os.path.isdir(path):
                 _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=000,size=4k")
