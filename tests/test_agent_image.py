@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -219,6 +221,56 @@ def test_a_container_past_its_memory_loses_that_episode_named(engine, remote_ima
                for e in episodes.values()), episodes
 
 
+PACED = """
+import time
+from agent_bridge import serve
+class Paced:
+    def reset(self, info):
+        pass
+    def act(self, observations, info):
+        time.sleep({delay})
+        return {{}}
+serve(Paced())
+"""
+
+
+def test_a_worker_asked_to_stop_finishes_its_episode_and_removes_its_container(engine, remote_image, small_test_set,
+                                                                                redis_url, redis_conn, tmp_path):
+    """SIGTERM mid-episode: the worker plays that episode to its end, stores it, stops its container
+    and exits; another worker plays the rest; every episode is counted once."""
+    done = flateval("submit", "--redis", redis_url, "--test-set", str(small_test_set))
+    assert done.returncode == 0, done.stderr
+    sid = done.stdout.strip()
+    paced = f"python -c '{PACED.format(delay=0.02)}'"  # episodes of a few seconds
+    worker = subprocess.Popen([sys.executable, "-m", "flateval", "worker", "--redis", redis_url, "--queue",
+                               f"flateval-{sid}", "--agent-image", remote_image, "--agent-command", paced,
+                               "--agent-log", str(tmp_path / "agent.log"), "--agent-cpus", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not redis_conn.keys("flateval:lease:*"):  # an episode is being played
+            assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read() if worker.poll() else ""
+            time.sleep(0.05)
+        assert redis_conn.hlen(f"flateval:submission:{sid}:results") == 0
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(120) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    results = {k.decode(): json.loads(v) for k, v in redis_conn.hgetall(f"flateval:submission:{sid}:results").items()}
+    assert [r["outcome"] for r in results.values()] == ["completed"]
+    assert not [c for c in engine.run("ps", "-a", "--filter", f"label={LABEL}", "--format",
+                                      f'{{{{.Label "{LABEL}"}}}}').stdout.split() if c.endswith(f":{worker.pid}")]
+    done = flateval("worker", "--redis", redis_url, "--queue", f"flateval-{sid}", "--burst", "--agent-image",
+                    remote_image, "--agent-command", f"python -c '{PACED.format(delay=0)}'", "--agent-log",
+                    str(tmp_path / "agent2.log"), "--agent-cpus", "1", timeout=300)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(flateval("results", sid, "--redis", redis_url).stdout)
+    assert document["status"] == "finished" and len(document["episodes"]) == 4
+    assert all(e["outcome"] == "completed" for e in document["episodes"])
+
+
 def test_no_engine_or_no_image_is_one_line(small_test_set, tmp_path):
     done = flateval("run", "--agent-image", "flateval-test/none:0", "--test-set", str(small_test_set),
                     env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}, timeout=60)
@@ -266,3 +318,36 @@ def test_agent_bridge_runs_on_every_python_from_the_deps_folder(tmp_path):
         finally:
             agent.kill()
             agent.wait()
+
+
+def test_deps_folder_offline_from_a_wheel_folder(tmp_path, monkeypatch):
+    """A host without PyPI prepares the folder from wheels fetched elsewhere; wheels that disagree on
+    a shared file, or a folder missing one package, are one line, and nothing half-made is kept."""
+    import zipfile
+
+    from env_worker.container.bridge import BridgeDepsError, CACHE_ENV, WHEELS_ENV
+
+    def wheel(name: str, files: dict[str, bytes]) -> None:
+        with zipfile.ZipFile(tmp_path / "wheels" / name, "w") as archive:
+            for path, data in files.items():
+                archive.writestr(path, data)
+
+    (tmp_path / "wheels").mkdir()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(WHEELS_ENV, str(tmp_path / "wheels"))
+    wheel("pyzmq-26.2.1-cp38-cp38-manylinux2014_x86_64.whl",
+          {"zmq/__init__.py": b"a", "zmq/_zmq.cpython-38-x86_64-linux-gnu.so": b"38", "pyzmq.dist-info/RECORD": b"1"})
+    with pytest.raises(BridgeDepsError, match="no wheels of msgpack"):
+        bridge_deps_dir()
+    wheel("msgpack-1.1.0-cp38-cp38-manylinux2014_x86_64.whl", {"msgpack/__init__.py": b"m"})
+    wheel("pyzmq-26.2.1-cp313-cp313-manylinux2014_x86_64.whl",
+          {"zmq/__init__.py": b"a", "zmq/_zmq.cpython-313-x86_64-linux-gnu.so": b"313", "pyzmq.dist-info/RECORD": b"2"})
+    deps = bridge_deps_dir()
+    assert sorted(p.name for p in (deps / "zmq").iterdir()) == [
+        "__init__.py", "_zmq.cpython-313-x86_64-linux-gnu.so", "_zmq.cpython-38-x86_64-linux-gnu.so"]
+    assert not (deps / "pyzmq.dist-info").exists() and (deps / "msgpack" / "__init__.py").stat().st_mode & 0o004
+    shutil.rmtree(deps)
+    wheel("pyzmq-26.2.1-cp39-cp39-manylinux2014_x86_64.whl", {"zmq/__init__.py": b"b"})
+    with pytest.raises(BridgeDepsError, match="differ in zmq/__init__.py"):
+        bridge_deps_dir()
+    assert list((tmp_path / "cache").iterdir()) == []
