@@ -350,10 +350,13 @@ def _ended_early(conn: redis.Redis, sid: str, cluster: LocalCluster, cause: Base
     failed), stop the pairs, and give the error with the results document: the episodes that
     finished (kept, without a score) and the agents' output (a start-up traceback)."""
     interrupted = isinstance(cause, KeyboardInterrupt)
-    store.finalize(conn, sid, store.CANCELLED if interrupted else store.FAILED,
-                   "interrupted" if interrupted else str(cause))
-    submit.drop_queue(conn, sid)
-    document = results_document(conn, sid)  # final now: a second interrupt below loses nothing
+    try:
+        store.finalize(conn, sid, store.CANCELLED if interrupted else store.FAILED,
+                       "interrupted" if interrupted else str(cause))
+        submit.drop_queue(conn, sid)
+        document = results_document(conn, sid)  # final now: a second interrupt below loses nothing
+    except redis.RedisError as exc:  # nothing left to read them from
+        return RunError(f"{'interrupted' if interrupted else cause}; no results: Redis does not answer ({exc})")
     try:
         cluster.stop_pairs()
         _keep_agent_logs(conn, sid, cluster)  # their last words too
