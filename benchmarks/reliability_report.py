@@ -23,7 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = ["tests/test_faults.py", "tests/test_record_faults.py", "tests/test_chaos.py", "tests/test_redis_failover.py",
-          "tests/test_episode.py::test_misbehaving_agent_costs_only_its_episode", "tests/test_sandbox.py"]
+          "tests/test_episode.py::test_misbehaving_agent_costs_only_its_episode", "tests/test_sandbox.py",
+          "tests/test_run.py::test_agent_that_cannot_start_fails_with_one_line_and_its_traceback_in_the_results"]
 
 HEADER = """# Reliability report
 

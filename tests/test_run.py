@@ -84,7 +84,8 @@ def test_empty_test_set_is_one_clear_line(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and "no Test_<N>/Level_<M>.pkl" in done.stderr
 
 
-def test_agent_that_cannot_start_fails_with_one_line_and_its_traceback_in_the_results(small_test_set, tmp_path):
+def test_agent_that_cannot_start_fails_with_one_line_and_its_traceback_in_the_results(small_test_set, tmp_path,
+                                                                                      fault_report):
     """An agent that crashes at start: one line saying why, exit 1, and a results document (failed, the
     error, the agent's output: the traceback a host posts as FAILED) that report, verify and export take."""
     token = f"flateval-test-{uuid.uuid4().hex[:8]}"
@@ -113,6 +114,9 @@ def test_agent_that_cannot_start_fails_with_one_line_and_its_traceback_in_the_re
         refused = flateval(*command[:1], str(results), *command[1:])
         assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         assert says in refused.stderr
+    fault_report("the agent crashes at start (`flateval run --workers 2`)",
+                 "one line saying why, exit 1, and a results document: `failed`, that line as its error, each "
+                 "agent's output (the traceback) in `agent_logs`; report, verify and export take it", None)
 
 
 def test_the_next_run_reaps_what_a_sigkilled_run_left_and_nothing_alive(small_test_set, tmp_path):

@@ -320,7 +320,7 @@ def test_a_path_holding_the_agents_own_files_cannot_be_hidden(tmp_path):
     assert "\n" not in line
 
 
-def test_a_test_set_holding_the_agent_refuses_to_start(tmp_path, small_test_set, redis_url):
+def test_a_test_set_holding_the_agent_refuses_to_start(tmp_path, small_test_set, redis_url, fault_report):
     """The agent's script inside the test set: `flateval run` refuses before anything starts, and a
     worker told of that test set refuses to start the agent; one line each, no results, nothing left."""
     shutil.copytree(small_test_set, tmp_path / "tests")
@@ -340,6 +340,9 @@ def test_a_test_set_holding_the_agent_refuses_to_start(tmp_path, small_test_set,
         f"flateval: cannot start the agent in its sandbox: the sandbox cannot hide {tmp_path / 'tests'} from the "
         f"agent: it holds the agent's own files ({tmp_path / 'tests'}); keep the agent's command and files out of it"]
     assert list((tmp_path / "cwd").iterdir()) == []
+    fault_report("a test set that holds the agent's own files (its script), which the sandbox cannot hide",
+                 "`flateval run` refuses before anything starts, a worker before it starts the agent: one line "
+                 "each, exit 1, nothing run", None)
 
 
 # ------------------------------------------------------------------------------------ one agent
