@@ -3,7 +3,8 @@
 It is loaded from the env file the evaluator sent and reset exactly as the evaluator resets its own
 (``RailEnvPersister.load_new`` with the challenge's rewards class, then
 ``reset(regenerate_rail=True, regenerate_schedule=True, random_seed=seed)``: flatland's evaluators
-and its own client do the same), so stepping it with the actions the agent sends gives the very
+and its own client do the same; or, when ``replica.reset`` is false, played as saved, as flatland's
+policy runner does without ``--post-seed``), so stepping it with the actions the agent sends gives the very
 rewards and dones the evaluator's env gives. `check` compares them at every step: a difference (say,
 another flatland-rl version in the agent's image) is one clear error naming the step, not a
 participant who silently plays another episode than the one scored.
@@ -50,7 +51,10 @@ class Replica:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.env, _ = RailEnvPersister.load_new(str(self.path), obs_builder=obs_builder, rewards=rewards)
-            obs, info = self.env.reset(regenerate_rail=True, regenerate_schedule=True, random_seed=message["seed"])
+            if replica.get("reset", True):
+                obs, info = self.env.reset(regenerate_rail=True, regenerate_schedule=True, random_seed=message["seed"])
+            else:  # played as saved (flatland's policy runner without --post-seed)
+                obs, info = self.env._get_observations(), self.env.get_info_dict()
         self.steps, self._last = 0, None
         return obs, info
 

@@ -175,7 +175,7 @@ def hello_request() -> dict:
 
 
 def episode_start_request(*, episode_id: str, env_file: str, seed: int, env: Mapping[str, Any],
-                          observation: Mapping[str, Any] | None, planning_s: float, step_s: float,
+                          observation: Mapping[str, Any] | None, planning_s: float | None, step_s: float | None,
                           observations: Any, info: Mapping[str, Any] | None,
                           replica: Mapping[str, Any] | None = None, time_bank_s: float | None = None) -> dict:
     """The first request of an episode: the env's static facts, the deadlines, the first observations;
@@ -191,10 +191,13 @@ def episode_start_request(*, episode_id: str, env_file: str, seed: int, env: Map
     return message
 
 
-def replica_start(env_file_bytes: bytes, rewards: str) -> dict:
+def replica_start(env_file_bytes: bytes, rewards: str, reset: bool = True) -> dict:
     """What a replica loads and resets exactly as the env side does: the env file, the rewards class
-    (and `episode_start`'s seed)."""
-    return {"env_file_bytes": env_file_bytes, "rewards": rewards}
+    (and `episode_start`'s seed); ``reset: false`` when the env is played as saved, without a reset."""
+    message = {"env_file_bytes": env_file_bytes, "rewards": rewards}
+    if not reset:
+        message["reset"] = False
+    return message
 
 
 def step_request(step: int, observations: Any, rewards: Any, dones: Any, info: Mapping[str, Any] | None) -> dict:

@@ -3,6 +3,7 @@ submission runs: its episodes and its rules. `flateval run` and `flateval submit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -26,11 +27,14 @@ class PlannedEpisode:
     env_path: str = ""  # the env file; "" for a gymnasium episode
     test: int | None = None
     level: int | None = None
+    test_id: str | None = None  # FAB's ids (broker.test_set): a FAB host may put its own uuids here
+    scenario_id: str | None = None
 
 
 def test_set_episodes(env_files: Sequence[EnvFile], seed: int) -> list[PlannedEpisode]:
     """Every env file of a test set in test order, all reset with one seed (as flatland-rl's evaluator)."""
-    return [PlannedEpisode(env_file=f.env_file, seed=seed, env_path=str(f.path), test=f.test, level=f.level)
+    return [PlannedEpisode(env_file=f.env_file, seed=seed, env_path=str(f.path), test=f.test, level=f.level,
+                           test_id=f.test_id or None, scenario_id=f.scenario_id or None)
             for f in env_files]
 
 
@@ -67,15 +71,21 @@ def make_plan(
     challenge: str = "",
     env: str = FLATLAND,
     seed: int = DEFAULT_ENV_SEED,
+    reset: bool = True,
     test_set: str = "",
     planning_timeout_s: float | None = None,
     step_timeout_s: float | None = None,
     overall_timeout_s: float | None = None,
 ) -> SubmissionPlan:
-    """The phase's rules, with command-line overrides of the time limits applied."""
+    """The phase's rules, with command-line overrides of the time limits applied (an infinite planning
+    or step override, the command line's ``off``, lifts that deadline: FAB's behaviour)."""
     limits = phase.time_limits
-    limits = replace(limits, **{k: v for k, v in (("planning_s", planning_timeout_s), ("step_s", step_timeout_s),
-                                                   ("overall_s", overall_timeout_s)) if v is not None})
+    limits = replace(limits, **{k: (None if math.isinf(v) and k != "overall_s" else v)
+                                for k, v in (("planning_s", planning_timeout_s), ("step_s", step_timeout_s),
+                                             ("overall_s", overall_timeout_s)) if v is not None})
+    if limits.episode_s is None and (limits.planning_s is None or limits.step_s is None):
+        raise PlanError("no planning or step deadline needs the phase's episode wall limit (time_limits.episode_s), "
+                        "so that a hung agent costs one episode")
     selected = tuple(episodes if phase.episodes is None else episodes[: phase.episodes])
     warnings = ()
     if phase.episodes is not None and phase.episodes > len(episodes):
@@ -83,8 +93,10 @@ def make_plan(
                     f"{len(episodes)}: playing those {len(episodes)}",)
     scoring = phase.scoring
     template = EpisodeSpec(
-        env_path="", env_file="", env=env, seed=seed, planning_timeout_s=limits.planning_s,
-        step_timeout_s=limits.step_s, time_bank_s=limits.time_bank_s, score_offset=scoring.offset, normalization=scoring.normalization,
+        env_path="", env_file="", env=env, seed=seed, reset=reset, planning_timeout_s=limits.planning_s,
+        step_timeout_s=limits.step_s, episode_timeout_s=limits.episode_s,
+        time_bank_s=limits.time_bank_s if limits.step_s is not None else None, score_offset=scoring.offset,
+        normalization=scoring.normalization,
         reference_return=scoring.reference_return, min_return=scoring.min_return, failed_return=scoring.failed_return,
         rewards=scoring.rewards, observation_builders=phase.observation_builders,
         share_env_files=phase.share_env_files,
@@ -137,7 +149,7 @@ def plan_submission(
         seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_ENV_SEED
         return with_recording(make_plan(
             test_set_episodes(discover(directory), seed), chosen, challenge=rules.name, seed=seed,
-            test_set=str(Path(directory).resolve()), planning_timeout_s=planning_timeout_s,
+            reset=rules.reset, test_set=str(Path(directory).resolve()), planning_timeout_s=planning_timeout_s,
             step_timeout_s=step_timeout_s, overall_timeout_s=overall_timeout_s), rules.recording, record_dir)
     seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_GYMNASIUM_SEED
     if seed < 0:

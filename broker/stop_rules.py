@@ -63,12 +63,14 @@ def _apply_gate(conn: redis.Redis, sid: str, record: store.Submission, test: int
         return
     if not store.mark_gate_checked(conn, sid, current_test):
         return  # another worker stored a result of this test at the same moment and decides
-    done = [json.loads(r).get("percentage_complete") for r in raw]
+    records = [json.loads(r) for r in raw]
+    done = [r.get("percentage_complete") for r in records]
     completion = fmean(d for d in done if d is not None) if any(d is not None for d in done) else 0.0
     if completion < record.completion_gate:
         # not an error: the submission finished, on fewer episodes than planned (`planned_episodes`)
         mean = f"{completion:.2f}" if round(completion, 2) < record.completion_gate else f"{completion:.4f}"
-        reason = f"completion gate after Test_{current_test} (mean {mean} < {record.completion_gate:g})"
+        name = records[0].get("test_id") or f"Test_{current_test}"  # FAB's test id (level_2), else flatland's
+        reason = f"completion gate after {name} (mean {mean} < {record.completion_gate:g})"
         store.update_submission(conn, sid, n_episodes=store.count_results(conn, sid), stopped_by=reason)
         if store.elect_finalizer(conn, sid):
             store.finalize(conn, sid, store.FINISHED)

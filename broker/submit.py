@@ -37,7 +37,7 @@ def episode_specs(sid: str, plan: SubmissionPlan) -> list[EpisodeSpec]:
     """One spec per planned episode, in order; the plan's template carries the challenge's settings."""
     return [
         replace(plan.template, env_path=e.env_path, env_file=e.env_file, test=e.test, level=e.level, seed=e.seed,
-                episode_id=f"{sid}/{index}", submission_id=sid, index=index)
+                test_id=e.test_id, scenario_id=e.scenario_id, episode_id=f"{sid}/{index}", submission_id=sid, index=index)
         for index, e in enumerate(plan.episodes)
     ]
 
@@ -50,7 +50,8 @@ def tests_in_order(specs: Sequence[EpisodeSpec]) -> list[list]:
     return [[test, indices] for test, indices in order.items()]
 
 
-PER_EPISODE_FIELDS = ("env_path", "env_file", "test", "level", "episode_id", "submission_id", "index")
+PER_EPISODE_FIELDS = ("env_path", "env_file", "test", "level", "test_id", "scenario_id", "episode_id", "submission_id",
+                      "index")
 
 
 def create(conn: redis.Redis, plan: SubmissionPlan, name: str | None = None, sid: str | None = None,

@@ -28,8 +28,8 @@ from core.settings import (
 BUNDLED_DIR = Path(__file__).resolve().parent / "challenges"
 NORMALIZATIONS = {FLATLAND: ("seed", "flatland"), GYMNASIUM: ("return",)}
 ONLY_FOR = {  # keys that mean something for one environment only
-    "test_set": FLATLAND, "observation_builders": FLATLAND, "share_env_files": FLATLAND, "scoring.rewards": FLATLAND,
-    "stop_rules.completion_gate": FLATLAND,
+    "test_set": FLATLAND, "reset": FLATLAND, "observation_builders": FLATLAND, "share_env_files": FLATLAND,
+    "scoring.rewards": FLATLAND, "stop_rules.completion_gate": FLATLAND,
     "env_id": GYMNASIUM, "scoring.reference_return": GYMNASIUM, "scoring.failed_return": GYMNASIUM,
     "scoring.min_return": GYMNASIUM,
 }
@@ -41,10 +41,11 @@ class ChallengeError(ValueError):
 
 @dataclass(frozen=True)
 class TimeLimits:
-    planning_s: float = DEFAULT_PLANNING_TIMEOUT_S
-    step_s: float = DEFAULT_STEP_TIMEOUT_S
+    planning_s: float | None = DEFAULT_PLANNING_TIMEOUT_S  # None: no planning deadline (FAB's behaviour)
+    step_s: float | None = DEFAULT_STEP_TIMEOUT_S  # None: no per-step deadline (FAB's behaviour)
     overall_s: float = DEFAULT_OVERALL_TIMEOUT_S
     time_bank_s: float | None = None  # per episode: seconds steps may draw on past step_s (Kaggle's overage)
+    episode_s: float | None = None  # per episode: its wall limit from its start (FAB: 30 min per scenario)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Challenge:
     phases: dict[str, Phase]
     env_id: str | None = None  # gymnasium: what gymnasium.make is given
     seed: int | None = None  # None: flatland's 1001, gymnasium's 0
+    reset: bool = True  # flatland: reset each env with the seed; False: play it as saved (FAB's policy runner)
     recording: Recording = field(default_factory=Recording)
     source: str = ""
 
@@ -173,7 +175,7 @@ def _section(kind: type, raw: Any, where: str, base: Any, environment: str) -> A
         at = f"{where}.{key}"
         _only_for(f"{section}.{key}", at, environment)
         if kind is TimeLimits:
-            values[key] = _number(value, at, positive=True, nullable=key == "time_bank_s")
+            values[key] = _number(value, at, positive=True, nullable=key != "overall_s")
         elif kind is Scoring:
             if key == "offset":
                 values[key] = _number(value, at)
@@ -213,13 +215,32 @@ def _check_return_scale(scoring: Scoring, where: str) -> None:
                              "to score (return - min_return) / (reference_return - min_return)")
 
 
+REWARDS_MODULE = "flatland.envs.rewards"
+
+
+def _check_deadlines(limits: TimeLimits, where: str) -> None:
+    """Without a planning or a step deadline an agent may wait forever: such a phase needs the
+    episode's wall limit (``episode_s``, FAB's per-scenario limit) to end a hung episode."""
+    if limits.episode_s is None:
+        for key in ("planning_s", "step_s"):
+            if getattr(limits, key) is None:
+                raise ChallengeError(f"{where}.{key}: no deadline needs episode_s (each episode's wall limit) "
+                                     "so that a hung agent costs one episode")
+    if limits.time_bank_s is not None and limits.step_s is None:
+        raise ChallengeError(f"{where}.time_bank_s: a time bank extends the step deadline, and step_s is null")
+
+
 def _rewards_class(value: Any, where: str) -> str:
+    """A class of flatland.envs.rewards, by its name or as flatland's ``--rewards`` names it
+    (``flatland.envs.rewards.ECML2026Rewards``); kept as its name, which every side resolves there."""
+    if isinstance(value, str) and value.startswith(REWARDS_MODULE + "."):
+        value = value[len(REWARDS_MODULE) + 1:]
     if not isinstance(value, str) or not value.isidentifier():
         raise ChallengeError(f"{where}: expected the name of a flatland rewards class, got {value!r}")
     from flatland.envs import rewards
 
     if not isinstance(getattr(rewards, value, None), type):
-        raise ChallengeError(f"{where}: flatland.envs.rewards has no class {value!r}")
+        raise ChallengeError(f"{where}: {REWARDS_MODULE} has no class {value!r}")
     return value
 
 
@@ -280,8 +301,8 @@ def parse_challenge(data: Any, source: str = "<challenge>", base_dir: Path | Non
 
 
 def _parse(data: Any, base_dir: Path | None) -> Challenge:
-    data = _mapping(data, "", ("name", "environment", "test_set", "env_id", "seed", "default_phase", "defaults",
-                               "phases", "recording"))
+    data = _mapping(data, "", ("name", "environment", "test_set", "env_id", "seed", "reset", "default_phase",
+                               "defaults", "phases", "recording"))
     for key in ("name", "phases"):
         if key not in data:
             raise ChallengeError(f"{key}: required")
@@ -295,6 +316,9 @@ def _parse(data: Any, base_dir: Path | None) -> Challenge:
     if environment == GYMNASIUM and (not isinstance(env_id, str) or not env_id or env_id.strip() != env_id):
         raise ChallengeError(f"env_id: a gymnasium challenge needs the id of its env (e.g. CartPole-v1), got {env_id!r}")
     seed = None if data.get("seed") is None else _number(data["seed"], "seed", integer=True, minimum=0)
+    reset = data.get("reset", True)
+    if type(reset) is not bool:
+        raise ChallengeError(f"reset: expected true or false, got {reset!r}")
     test_set = data.get("test_set")
     if test_set is not None:
         if not isinstance(test_set, str):
@@ -311,11 +335,13 @@ def _parse(data: Any, base_dir: Path | None) -> Challenge:
             raise ChallengeError(f"phases.{phase.name}.episodes: a gymnasium challenge needs a number of episodes "
                                  "(here or in defaults)")
         _check_return_scale(phase.scoring, f"phases.{phase.name}.scoring")
+        _check_deadlines(phase.time_limits, f"phases.{phase.name}.time_limits")
     default_phase = data.get("default_phase", next(iter(phases)))
     if default_phase not in phases:
         raise ChallengeError(f"default_phase: {default_phase!r} is not one of the phases ({', '.join(phases)})")
     return Challenge(name=name, environment=environment, test_set=test_set, default_phase=default_phase,
-                     phases=phases, env_id=env_id, seed=seed, recording=_recording(data.get("recording"), base_dir))
+                     phases=phases, env_id=env_id, seed=seed, reset=reset,
+                     recording=_recording(data.get("recording"), base_dir))
 
 
 def load_challenge(path_or_name: str | Path | None = None) -> Challenge:

@@ -39,12 +39,16 @@ class EpisodeSpec:
     env: str = FLATLAND  # or "gymnasium:ENV_ID"
     test: int | None = None
     level: int | None = None
+    test_id: str | None = None  # FAB's test id (the test set's folder, e.g. level_0; a FAB host's: its uuid)
+    scenario_id: str | None = None  # FAB's scenario id: the episode's id in recordings (None: from env_file)
     episode_id: str = ""
     submission_id: str | None = None
     index: int = 0
     seed: int = DEFAULT_ENV_SEED
-    planning_timeout_s: float = DEFAULT_PLANNING_TIMEOUT_S
-    step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+    reset: bool = True  # False: play the env as saved (flatland's policy runner without --post-seed, as FAB)
+    planning_timeout_s: float | None = DEFAULT_PLANNING_TIMEOUT_S  # None: no planning deadline (FAB)
+    step_timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S  # None: no per-step deadline (FAB)
+    episode_timeout_s: float | None = None  # the episode's wall limit, from its start (FAB: 30 min a scenario)
     time_bank_s: float | None = None  # seconds this episode's steps may draw on past step_timeout_s
     score_offset: float = 0.0
     normalization: str = "seed"  # or "flatland": per-agent returns capped at -max steps first; or "return"
@@ -59,9 +63,16 @@ class EpisodeSpec:
     video_format: str = "mp4"  # or "gif"
 
     @property
+    def notice_timeout_s(self) -> float:
+        """How long a goodbye or an ``aborted`` notice waits for the agent: one step deadline (without
+        one, flatland's default 5 s), so that a hung agent is told from a slow one."""
+        return self.step_timeout_s if self.step_timeout_s is not None else DEFAULT_STEP_TIMEOUT_S
+
+    @property
     def ep_id(self) -> str:
-        """The episode's id in its recording (flatland's Trajectory ``ep_id``): see `ep_id_of`."""
-        return ep_id_of(self.env_file)
+        """The episode's id in its recording (flatland's Trajectory ``ep_id``): its scenario id, else
+        `ep_id_of` its env file."""
+        return self.scenario_id or ep_id_of(self.env_file)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -85,8 +96,14 @@ class EpisodeSpec:
 def ep_id_of(env_file: str) -> str:
     """An episode's recording id, from its name in results: ``Test_0/Level_1.pkl`` -> ``Test_0_Level_1``
     (flatland's own runners name episodes ``<test_id>_<env_id>``), ``CartPole-v1/seed_7`` ->
-    ``CartPole-v1_seed_7``. One folder name, unique within a submission."""
-    return env_file.removesuffix(".pkl").replace("/", "_").replace("\\", "_")
+    ``CartPole-v1_seed_7``; a file whose name already starts with its folder's is its own id
+    (ECML 2026's ``level_0/level_0_scenario_1.pkl`` -> ``level_0_scenario_1``, as FAB names it). One
+    folder name, unique within a submission."""
+    name = env_file.removesuffix(".pkl").replace("\\", "/")
+    folder, _, stem = name.rpartition("/")
+    if folder and "/" not in folder and stem.startswith(folder + "_"):
+        return stem
+    return name.replace("/", "_")
 
 
 def selects_episode(selection: "tuple[str, ...] | list[str]", env_file: str) -> bool:

@@ -13,11 +13,17 @@ from dataclasses import dataclass, field
 DEFAULT_PLANNING_TIMEOUT_S = 300.0
 DEFAULT_STEP_TIMEOUT_S = 5.0
 DEFAULT_OVERALL_TIMEOUT_S = 8 * 3600.0
+NO_DEADLINE_S = 24 * 3600.0
+"""How long a request waits when the challenge sets no planning or step deadline (FAB's behaviour): the
+episode's wall limit (``time_limits.episode_s``), which such a phase must have, ends it first."""
 DEFAULT_ENV_SEED = 1001  # flatland-rl's evaluator resets every env with this seed
 DEFAULT_GYMNASIUM_SEED = 0  # a gymnasium run resets episode i with seed + i
 DEFAULT_OBSERVATION_BUILDERS = ("none", "tree", "global")
 """The observation builders an env worker can build for an agent (and a challenge may allow)."""
-AGGREGATIONS = ("mean", "sum", "mean_of_test_means")
+FAB_AGGREGATION = "fab"
+"""flatland-benchmarks' (FAB's) scores: per test and over the tests, the NaN-skipping sum of the
+episodes' normalized rewards (primary) and the NaN-skipping mean of their percentage complete."""
+AGGREGATIONS = ("mean", "sum", "mean_of_test_means", FAB_AGGREGATION)
 """How a submission's episode scores combine into its primary score (`scoring.aggregate`)."""
 
 AGENT_ENDPOINT_ENV = "FLATEVAL_AGENT_ENDPOINT"

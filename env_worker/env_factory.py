@@ -18,4 +18,4 @@ def make_env(spec: EpisodeSpec) -> EnvAdapter:
         raise EnvLoadError(f"env {spec.env!r}: {exc}") from None
     if kind == GYMNASIUM:
         return GymnasiumEnv(env_id, spec.seed)
-    return FlatlandEnv(spec.env_path, spec.seed, spec.observation_builders, spec.rewards)
+    return FlatlandEnv(spec.env_path, spec.seed, spec.observation_builders, spec.rewards, reset=spec.reset)

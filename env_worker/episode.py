@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from agent_bridge import protocol as wire
 from core.episode_spec import EpisodeSpec
 from core.outcomes import AGENT_ERROR, COMPLETED, ENV_ERROR, STOPPED
+from core.settings import NO_DEADLINE_S
 from env_worker.agent_link import AgentFault, AgentLink, AgentTimeout, PendingReply
 from env_worker.env_adapter import EnvAdapter, EnvLoadError, ObservationNotAllowed, StepOutcome
 from env_worker.env_factory import make_env
@@ -33,6 +34,7 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
     once with outcome ``stopped``, which no submission ever scores.
     """
     started = time.perf_counter()
+    clock = EpisodeClock(spec, started)
     stats = ResponseStats(time_bank_left_s=spec.time_bank_s)
     for observer in observers:
         observer.episode_started(spec)
@@ -40,11 +42,12 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
     pending: PendingReply | None = None
     steps, outcome, error, observation, out, replica = 0, COMPLETED, None, None, None, False
     try:
-        budget = spec.planning_timeout_s  # planning covers the handshake and the first actions
-        hello, took = link.request(wire.hello_request(), budget)
+        budget, by_wall = clock.budget(spec.planning_timeout_s)  # planning: the handshake and the first actions
+        hello, took = clock.request(link, wire.hello_request(), budget, by_wall)
         replica = bool(hello.get("replica"))
         if replica:  # the agent loads the env file itself, while we load ours
-            pending = link.send(replica_episode_start(spec), budget - took)
+            budget, by_wall = clock.budget(_less(spec.planning_timeout_s, took))
+            pending = link.send(replica_episode_start(spec), budget)
             env = make_env(spec)
             observation = env.serve_replica()
             env.reset()
@@ -54,11 +57,12 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
             observation = env.use_observation(hello.get("observation"))
             obs, info = env.reset()
             _reset(observers, env)
+            budget, by_wall = clock.budget(_less(spec.planning_timeout_s, took))  # our env's loading is ours
             pending = link.send(wire.episode_start_request(
                 episode_id=spec.episode_id, env_file=spec.env_file, seed=spec.seed, env=env.facts(),
                 observation=observation, planning_s=spec.planning_timeout_s, step_s=spec.step_timeout_s,
-                observations=obs, info=info, time_bank_s=spec.time_bank_s), budget - took)
-        reply, took2 = link.receive(pending)
+                observations=obs, info=info, time_bank_s=spec.time_bank_s), budget)
+        reply, took2 = clock.receive(link, pending, by_wall)
         pending = None
         stats.planning_s = took + took2
         _replied(observers, took + took2, "planning")
@@ -75,7 +79,7 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
             if stop is not None and (reason := stop()):
                 raise EpisodeStopped(reason)
             reply, took = _step(link, wire.step_request(steps, out.observations, out.rewards, out.dones, out.info),
-                                spec.step_timeout_s, stats)
+                                spec.step_timeout_s, stats, clock)
             stats.add(took)
             _replied(observers, took, "step")
     except AgentFault as exc:
@@ -100,14 +104,50 @@ def run_episode(spec: EpisodeSpec, link: AgentLink, observers: Sequence[EpisodeO
     return _finish(observers, result)
 
 
-def _step(link: AgentLink, request: dict, step_s: float, stats: ResponseStats) -> tuple[dict, float]:
+def _less(deadline_s: float | None, spent_s: float) -> float | None:
+    return None if deadline_s is None else deadline_s - spent_s
+
+
+class EpisodeClock:
+    """The episode's wall limit (``episode_timeout_s``, FAB's per-scenario limit) over its deadlines:
+    each request waits its own deadline or what is left of the episode, whichever ends first, and a
+    miss says which one ran out."""
+
+    def __init__(self, spec: EpisodeSpec, started: float) -> None:
+        self.limit_s = spec.episode_timeout_s
+        self.ends = None if self.limit_s is None else started + self.limit_s
+
+    def budget(self, deadline_s: float | None) -> tuple[float, bool]:
+        """(seconds to wait, whether the episode's wall limit is what bounds them)."""
+        wait = deadline_s if deadline_s is not None else math.inf
+        if self.ends is not None and self.ends - time.perf_counter() < wait:
+            return max(0.0, self.ends - time.perf_counter()), True
+        return (wait if wait != math.inf else NO_DEADLINE_S), False
+
+    def request(self, link: AgentLink, message: dict, budget: float, by_wall: bool) -> tuple[dict, float]:
+        return self.receive(link, link.send(message, budget), by_wall)
+
+    def receive(self, link: AgentLink, pending: PendingReply, by_wall: bool) -> tuple[dict, float]:
+        try:
+            return link.receive(pending)
+        except AgentTimeout as exc:
+            if by_wall:
+                raise AgentTimeout(f"the episode's time limit ({self.limit_s:g} s) ran out waiting for "
+                                   f"'{pending.kind}'") from None
+            raise exc
+
+
+def _step(link: AgentLink, request: dict, step_s: float | None, stats: ResponseStats,
+          clock: EpisodeClock) -> tuple[dict, float]:
     """One step's request, with the step deadline plus what is left of the episode's time bank (if
-    the challenge gives one); a reply past the step deadline draws the overage from the bank."""
-    bank = stats.time_bank_left_s
+    the challenge gives one), within the episode's wall limit; a reply past the step deadline draws
+    the overage from the bank."""
+    bank = stats.time_bank_left_s if step_s is not None else None
+    budget, by_wall = clock.budget(None if step_s is None else step_s + (bank or 0.0))
     try:
-        reply, took = link.request(request, step_s + (bank or 0.0))
+        reply, took = clock.request(link, request, budget, by_wall)
     except AgentTimeout as exc:
-        if bank is None:
+        if bank is None or by_wall:
             raise
         raise AgentTimeout(f"{exc}: the step deadline ({step_s:g} s) plus the {bank:.3f} s left in the time "
                            f"bank") from None
@@ -118,7 +158,8 @@ def _step(link: AgentLink, request: dict, step_s: float, stats: ResponseStats) -
 
 def _result(spec: EpisodeSpec, env: "EnvAdapter | None", outcome: str, error: str | None, steps: int,
             stats: ResponseStats, observation: dict | None) -> EpisodeResult:
-    record = dict(env_file=spec.env_file, test=spec.test, level=spec.level, seed=spec.seed, env=spec.env)
+    record = dict(env_file=spec.env_file, test=spec.test, level=spec.level, seed=spec.seed, env=spec.env,
+                  test_id=spec.test_id, scenario_id=spec.scenario_id)
     if env is None and outcome != ENV_ERROR:  # lost before the env was loaded: load it for the record
         try:
             env = make_env(spec)
@@ -150,7 +191,7 @@ def _say_goodbye(link: AgentLink, spec: EpisodeSpec, result: EpisodeResult, last
         link.request(wire.episode_end_request(
             episode_id=spec.episode_id, outcome=result.outcome, normalized_return=result.normalized_return,
             percentage_complete=result.percentage_complete, steps=result.steps, reward=result.cumulative_reward,
-            rewards=last.rewards if last else None, dones=last.dones if last else None), spec.step_timeout_s)
+            rewards=last.rewards if last else None, dones=last.dones if last else None), spec.notice_timeout_s)
     except AgentFault:
         pass
 

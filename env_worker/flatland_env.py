@@ -2,7 +2,8 @@
 
 Loading and resetting follow flatland-rl's own evaluator exactly (``RailEnvPersister.load_new``,
 then ``reset(regenerate_rail=True, regenerate_schedule=True, random_seed=seed)``) so that scores
-match it. Env files come from the challenge host, never from the agent.
+match it; a challenge with ``reset: false`` plays each env as saved, as flatland's policy runner does
+without ``--post-seed`` (FAB's ECML 2026 evaluation). Env files come from the challenge host, never from the agent.
 """
 
 from __future__ import annotations
@@ -129,11 +130,12 @@ class FlatlandEnv:
     n_actions = N_ACTIONS
 
     def __init__(self, path: str | Path, seed: int, allowed_builders: Sequence[str] = DEFAULT_OBSERVATION_BUILDERS,
-                 rewards: str = "DefaultRewards"):
+                 rewards: str = "DefaultRewards", reset: bool = True):
         from flatland.envs import rewards as flatland_rewards
         from flatland.envs.persistence import RailEnvPersister
 
         self.seed = seed
+        self.reset_env = reset  # False: play the env as saved (flatland's policy runner without --post-seed)
         self.allowed = tuple(allowed_builders)
         self._spec: dict = {"builder": "none"}
         self._replica = False  # the agent builds its own observations and info
@@ -179,13 +181,22 @@ class FlatlandEnv:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                obs, info = self.env.reset(regenerate_rail=True, regenerate_schedule=True, random_seed=self.seed)
+                if self.reset_env:
+                    obs, info = self.env.reset(regenerate_rail=True, regenerate_schedule=True, random_seed=self.seed)
+                else:
+                    obs, info = self._as_saved()
         except Exception as exc:
             raise EnvLoadError(f"cannot reset env: {type(exc).__name__}: {exc}") from None
         self.n_agents = self.env.get_num_agents()
         self.cumulative_reward = 0.0
         self.per_agent = [0.0] * self.n_agents
         return self._wire_observations(obs), self._wire_info(info)
+
+    def _as_saved(self) -> tuple[Any, Any]:
+        """The loaded env's first observations and info without a reset, as flatland's `PolicyRunner`
+        takes them: its state, malfunction random state included, is the file's."""
+        self.env.obs_builder.reset(self.env)  # what RailEnv.reset does for it
+        return self.env._get_observations(), self.env.get_info_dict()
 
     def _wire_info(self, info: Mapping[str, Mapping[int, Any]]) -> dict:
         """flatland's info as plain per-agent lists (runs every step: kept lean, ~4 us for 10 agents)."""

@@ -128,5 +128,5 @@ def play_episode(context: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]
         tail = pair.output_tail()
         if tail is not None:
             store.save_agent_log(conn, sid, pair.name, tail)
-        pair.after_episode(result, episode.step_timeout_s)
+        pair.after_episode(result, episode.notice_timeout_s)
     return {"outcome": result.outcome, "normalized_return": result.normalized_return}

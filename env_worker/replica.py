@@ -33,7 +33,7 @@ def replica_episode_start(spec: EpisodeSpec) -> dict:
     return wire.episode_start_request(
         episode_id=spec.episode_id, env_file=spec.env_file, seed=spec.seed, env={"kind": wire.KIND_FLATLAND},
         observation=REPLICA_OBSERVATION, planning_s=spec.planning_timeout_s, step_s=spec.step_timeout_s,
-        observations=None, info=None, replica=wire.replica_start(env_file_bytes(spec.env_path), spec.rewards),
+        observations=None, info=None, replica=wire.replica_start(env_file_bytes(spec.env_path), spec.rewards, spec.reset),
         time_bank_s=spec.time_bank_s)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -69,6 +70,28 @@ def metrics_host_option(flags: tuple[str, ...] = ("--metrics-host",), envvar: st
                         help=f"Address /metrics listens on; 0.0.0.0 in a container that Prometheus scrapes{env}.")
 
 
+class Deadline(click.ParamType):
+    """Seconds (a positive number), or ``off``: no such deadline (infinite, which the plan lifts)."""
+
+    name = "SECONDS|off"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        if str(value).strip().lower() == "off":
+            return math.inf
+        try:
+            seconds = float(value)
+        except ValueError:
+            self.fail(f"expected seconds or 'off', got {value!r}", param, ctx)
+        if not seconds > 0 or math.isinf(seconds):
+            self.fail(f"expected a positive number of seconds or 'off', got {value!r}", param, ctx)
+        return seconds
+
+
+DEADLINE = Deadline()
+
+
 def challenge_options(command):
     """--challenge, --phase, the time-limit overrides and what to play (--env, --episodes, --seed),
     shared by `run` and `submit`."""
@@ -76,8 +99,9 @@ def challenge_options(command):
         click.option("--challenge", help="Challenge YAML file or bundled name (default: neurips2020; "
                                          "with --env: gymnasium)."),
         click.option("--phase", help="Phase of the challenge (default: the challenge's default phase)."),
-        click.option("--planning-timeout", type=float, help="Override: seconds of initial planning."),
-        click.option("--step-timeout", type=float, help="Override: seconds per step."),
+        click.option("--planning-timeout", type=DEADLINE, help="Override: seconds of initial planning, or 'off' "
+                                                               "(FAB's behaviour; needs the phase's episode_s)."),
+        click.option("--step-timeout", type=DEADLINE, help="Override: seconds per step, or 'off' (FAB's behaviour)."),
         click.option("--overall-timeout", type=float, help="Override: seconds for the whole evaluation."),
         click.option("--env", "env", metavar="gymnasium:ENV_ID",
                      help="Play a Gymnasium env instead of a test set, e.g. gymnasium:CartPole-v1."),
@@ -228,7 +252,8 @@ def _gymnasium_episode(env: str, seed: int | None, planning_timeout: float, step
 @click.option("--agent", "agent_command", help="Shell command that starts one agent instance (with --agent-image: "
                                               "the container's arguments, e.g. \"python -m agent_bridge.flatland_remote "
                                               "run.py\").")
-@click.option("--test-set", type=click.Path(), help="Test set directory (Test_<N>/Level_<M>.pkl); default: bundled.")
+@click.option("--test-set", type=click.Path(), help="Test set directory (Test_<N>/Level_<M>.pkl or "
+                                                    "level_<i>/level_<i>_scenario_<j>.pkl); default: bundled.")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="Worker+agent pairs.")
 @redis_option(", else an embedded Redis on a private unix socket")
@@ -539,16 +564,22 @@ def cancel(submission_id: str, redis_url: str | None) -> None:
 
 @main.command()
 @click.argument("results_file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "evalai"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "evalai", "fab"]), required=True,
+              help="csv: flatland's results CSV; evalai: EvalAI's result list; fab: test id -> the body of FAB's "
+                   "POST /results/submissions/{sid}/tests/{test_id}.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 @click.option("--split", default=None, help="EvalAI split name (default: the results' phase, else 'test').")
 def export(results_file: str, fmt: str, output: str | None, split: str | None) -> None:
-    """Export a results JSON as flatland's results CSV or EvalAI's result list."""
-    from scoring.export import ExportError, to_csv, to_evalai
+    """Export a results JSON as flatland's results CSV, EvalAI's result list or FAB's results bodies."""
+    from scoring.export import ExportError, fab_results, to_csv, to_evalai
 
     document = _read_results_file(results_file)
     try:
-        text = to_csv(document) if fmt == "csv" else json.dumps(to_evalai(document, split), indent=2) + "\n"
+        if fmt == "csv":
+            text = to_csv(document)
+        else:
+            exported = fab_results(document) if fmt == "fab" else to_evalai(document, split)
+            text = json.dumps(exported, indent=2) + "\n"
     except ExportError as exc:
         raise CliError(f"{results_file}: {exc}") from None
     if output:
@@ -757,7 +788,8 @@ def _write_report(documents: list[dict[str, Any]], folders: list[Path], output: 
 @click.option("--seed", type=int, default=42, show_default=True)
 def generate_test_set(out: str, preset: str, seed: int) -> None:
     """Write a test set in flatland's evaluator layout (Test_<N>/Level_<M>.pkl: one episode each), with a
-    metadata.csv."""
+    metadata.csv; ecml2026-debug in the ECML 2026 layout (level_<i>/level_<i>_scenario_<j>.pkl, and
+    metadata.csv as FAB's definitions have it)."""
     from env_worker.flatland_test_set import generate_test_set as generate
 
     written = generate(out, preset, seed, progress=lambda name: click.echo(f"  {name}", err=True))

@@ -120,6 +120,8 @@ class EpisodeResult:
     max_episode_steps: int | None = None
     observation: dict | None = None
     env: str | None = None  # "flatland" or "gymnasium:ENV_ID"
+    test_id: str | None = None  # FAB's test id (the test set's folder: level_0, Test_1; a FAB host's uuid)
+    scenario_id: str | None = None  # FAB's scenario id (level_0_scenario_1, Test_1_Level_0; a FAB host's uuid)
     agent_usage: dict | None = None  # the agent's cpu_s and peak_memory_bytes over the episode (if we ran it)
     # recorded episodes (docs/audit.md); set by the recorder before the result is stored
     ep_id: str | None = None  # the recording's episode id (flatland's Trajectory ep_id)

@@ -1,10 +1,13 @@
-"""Results in the shapes others take as they are: flatland's results CSV and EvalAI's result list."""
+"""Results in the shapes others take as they are: flatland's results CSV, EvalAI's result list, and
+flatland-benchmarks' (FAB's) per-test results bodies."""
 
 from __future__ import annotations
 
 import csv
 import io
 from typing import Any
+
+from scoring.aggregate import scored_episodes, test_key
 
 CSV_COLUMNS = [
     # flatland-rl's evaluator columns first (FlatlandRemoteEvaluationService's results CSV) ...
@@ -13,6 +16,7 @@ CSV_COLUMNS = [
     "env_file", "outcome", "n_agents", "max_episode_steps", "seed", "agent_response_mean_s",
     "agent_response_max_s", "planning_s", "worker", "error",
     "stopped_by",  # the submission's: a rule that ended it early with its score (the completion gate); else empty
+    "scenario_id",  # FAB's scenario id (its test id is test_id)
 ]
 
 
@@ -34,8 +38,9 @@ def to_csv(document: dict[str, Any]) -> str:
     stopped_by = document.get("stopped_by")
     for episode in _episodes(document):
         response = episode.get("agent_response") or {}
+        test_id, env_id = _flatland_ids(episode)
         writer.writerow({
-            "test_id": _named("Test", episode.get("test")), "env_id": _named("Level", episode.get("level")),
+            "test_id": test_id, "env_id": env_id, "scenario_id": episode.get("scenario_id"),
             "reward": episode.get("cumulative_reward"), "normalized_reward": episode.get("normalized_return"),
             "percentage_complete": episode.get("percentage_complete"), "steps": episode.get("steps"),
             "simulation_time": episode.get("duration_s"), "env_file": episode.get("env_file"),
@@ -46,6 +51,15 @@ def to_csv(document: dict[str, Any]) -> str:
             "error": episode.get("error"), "stopped_by": stopped_by,
         })
     return out.getvalue()
+
+
+def _flatland_ids(episode: dict[str, Any]) -> tuple[str, str]:
+    """flatland's (test_id, env_id) of an episode: its env file's folder and name (Test_1, Level_0;
+    level_0, level_0_scenario_1), else Test_<N>/Level_<M> from its numbers."""
+    folder, _, name = str(episode.get("env_file") or "").removesuffix(".pkl").rpartition("/")
+    if folder and name and "/" not in folder and episode.get("test") is not None:
+        return folder, name
+    return _named("Test", episode.get("test")), _named("Level", episode.get("level"))
 
 
 def _named(prefix: str, number: Any) -> str:
@@ -84,3 +98,21 @@ def to_evalai(document: dict[str, Any], split: str | None = None) -> list[dict[s
     if document.get("stopped_by"):  # EvalAI reads split, accuracies and show_to_participant only: this is the host's
         entry.update(stopped_by=document["stopped_by"], episodes=episodes_played(document))
     return [entry]
+
+
+def fab_results(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Test id -> the body FAB's ``POST /results/submissions/{sid}/tests/{test_id}`` takes, as FAB's
+    orchestrator posts it: ``{"data": [{"scenario_id": ..., "scores": {"normalized_reward": f,
+    "percentage_complete": f}}]}``, one entry per scored scenario in test order (a missing score is
+    null, FAB's NaN). Episodes lost to a broken env file or stopped are not posted (FAB posts only the
+    scenarios it evaluated)."""
+    bodies: dict[str, dict[str, Any]] = {}
+    for episode in scored_episodes(_episodes(document)):
+        test = test_key(episode)
+        if test is None:
+            raise ExportError(f"episode {episode.get('env_file')} belongs to no test (FAB scores tests)")
+        scenario = episode.get("scenario_id") or episode.get("ep_id") or episode.get("env_file")
+        bodies.setdefault(str(test), {"data": []})["data"].append({"scenario_id": scenario, "scores": {
+            "normalized_reward": episode.get("normalized_return"),
+            "percentage_complete": episode.get("percentage_complete")}})
+    return bodies

@@ -46,13 +46,13 @@ def test_bundled_neurips2020_has_the_seed_rules():
 
 @pytest.mark.parametrize("data,message", [
     ({"name": "x", "phases": {"a": {"time_limits": {"planing_s": 3}}}},
-     "phases.a.time_limits.planing_s: unknown key (known: planning_s, step_s, overall_s, time_bank_s)"),
+     "phases.a.time_limits.planing_s: unknown key (known: planning_s, step_s, overall_s, time_bank_s, episode_s)"),
     ({"name": "x", "phases": {"a": {"scoring": {"offset": "one"}}}},
      "phases.a.scoring.offset: expected a number, got 'one'"),
     ({"name": "x", "phases": {"a": {"time_limits": {"step_s": -1}}}},
      "phases.a.time_limits.step_s: must be greater than 0, got -1"),
     ({"name": "x", "phases": {"a": {"scoring": {"aggregation": "median"}}}},
-     "phases.a.scoring.aggregation: expected one of mean, sum, mean_of_test_means, got 'median'"),
+     "phases.a.scoring.aggregation: expected one of mean, sum, mean_of_test_means, fab, got 'median'"),
     ({"name": "x", "phases": {"a": {"stop_rules": {"completion_gate": 2}}}},
      "phases.a.stop_rules.completion_gate: must be at most 1.0, got 2"),
     ({"name": "x", "phases": {"a": {"scoring": {"rewards": "NoSuchRewards"}}}},

@@ -53,7 +53,7 @@ def test_progress_exporter_and_final_score_are_one_score(aggregation, redis_conn
     assert final == pytest.approx(primary_score(RESULTS, aggregation))
     assert progress_summary(store.get_results(redis_conn, sid), record).startswith(f"mean NR {final:+.4f}")
     assert exported_score(redis_conn, sid) == pytest.approx(final)
-    expected = {"mean": -0.525, "sum": -2.1, "mean_of_test_means": (-0.5 + -0.6) / 2}[aggregation]
+    expected = {"mean": -0.525, "sum": -2.1, "mean_of_test_means": (-0.5 + -0.6) / 2, "fab": -2.1}[aggregation]
     assert final == pytest.approx(expected)
 
 
