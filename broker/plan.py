@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from broker.test_set import EnvFile, discover
+from broker.test_set import EnvFile, discover, metadata_warnings
 from core.challenge import AgentResources, Challenge, Phase, Recording, load_challenge
 from core.episode_spec import EpisodeSpec, parse_env, selects_episode
 from core.settings import DEFAULT_ENV_SEED, DEFAULT_GYMNASIUM_SEED, FLATLAND, GYMNASIUM
@@ -147,10 +147,12 @@ def plan_submission(
         if not directory:
             raise PlanError("give --test-set (the challenge names none)")
         seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_ENV_SEED
-        return with_recording(make_plan(
-            test_set_episodes(discover(directory), seed), chosen, challenge=rules.name, seed=seed,
+        env_files = discover(directory)
+        plan = with_recording(make_plan(
+            test_set_episodes(env_files, seed), chosen, challenge=rules.name, seed=seed,
             reset=rules.reset, test_set=str(Path(directory).resolve()), planning_timeout_s=planning_timeout_s,
             step_timeout_s=step_timeout_s, overall_timeout_s=overall_timeout_s), rules.recording, record_dir)
+        return replace(plan, warnings=metadata_warnings(directory, env_files) + plan.warnings)
     seed = seed if seed is not None else rules.seed if rules.seed is not None else DEFAULT_GYMNASIUM_SEED
     if seed < 0:
         raise PlanError(f"--seed: a gymnasium seed must be at least 0, got {seed}")

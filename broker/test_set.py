@@ -7,9 +7,9 @@ Each env file has FAB's ids: its test id is its folder (``Test_1``, ``level_0``)
 episode's id (`core.episode_spec.ep_id_of`: ``Test_1_Level_0``, ``level_0_scenario_1``).
 
 A ``metadata.csv`` beside the folders (flatland's: ``test_id`` and ``env_id`` columns, one row per
-env file; or FAB's ECML 2026 definitions: a ``test_id`` column, one row per test) must agree with the
-files: a row naming a missing file or test, or an env file missing from a per-file metadata (flatland's
-evaluator fails on either mid-run), is refused before anything starts.
+env file; or FAB's ECML 2026 definitions: a ``test_id`` column, one row per test) is checked against
+the files (`metadata_warnings`): a row naming a missing file or test, or an env file without its row
+(flatland's evaluator fails on it mid-run), is said before anything starts; the files are played.
 """
 
 from __future__ import annotations
@@ -100,15 +100,15 @@ def discover(directory: str | Path) -> list[EnvFile]:
     if len(unreadable) == len(found):
         raise TestSetError(f"test set {root}: no env file is readable")
     found.sort(key=lambda f: (f.test, f.level))
-    _check_metadata(root, found)
     return found
 
 
-def read_metadata(root: Path) -> list[dict[str, str]] | None:
-    """The rows of the test set's metadata.csv (None: there is none); `TestSetError` if unreadable."""
-    path = Path(root) / METADATA_FILE
+def read_metadata(root: str | Path) -> list[dict[str, str]]:
+    """The rows of the test set's metadata.csv ([]: there is none); `TestSetError` if it cannot be read
+    or has no ``test_id`` column."""
+    path = Path(root).expanduser() / METADATA_FILE
     if not path.is_file():
-        return None
+        return []
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -119,23 +119,27 @@ def read_metadata(root: Path) -> list[dict[str, str]] | None:
     return rows
 
 
-def _check_metadata(root: Path, found: list[EnvFile]) -> None:
-    rows = read_metadata(root)
+def metadata_warnings(root: str | Path, found: list[EnvFile]) -> tuple[str, ...]:
+    """Where the test set's metadata.csv and its files disagree, one line each (at most one of a kind)."""
+    path = Path(root).expanduser() / METADATA_FILE
+    try:
+        rows = read_metadata(root)
+    except TestSetError as exc:
+        return (f"{exc}: ignored",)
     if not rows:
-        return
-    path = root / METADATA_FILE
+        return ()
     files, tests = {f.env_file for f in found}, {f.test_id for f in found}
     if "env_id" not in rows[0]:  # FAB's ECML 2026 definitions: the tests only
         missing = sorted({r["test_id"] for r in rows} - tests)
-        if missing:
-            raise TestSetError(f"{path} names test {missing[0]}, which {root} does not have")
-        return
+        return (f"{path} names test {missing[0]}, which the test set does not have",) if missing else ()
     named = {f"{r['test_id']}/{r['env_id']}.pkl" for r in rows}
+    said = []
     if named - files:
-        raise TestSetError(f"{path} names {sorted(named - files)[0]}, which {root} does not have")
+        said.append(f"{path} names {sorted(named - files)[0]}, which the test set does not have")
     if files - named:
-        raise TestSetError(f"{path} does not list {sorted(files - named)[0]} (flatland's evaluator would "
-                           "fail on it): add its row or remove the file")
+        said.append(f"{path} does not list {sorted(files - named)[0]} (flatland's evaluator would fail on it): "
+                    "playing it")
+    return tuple(said)
 
 
 def _readable(path: Path) -> bool:

@@ -15,6 +15,10 @@ For each complete recording (`env_worker.record_folder`):
 
 An attempt cut short by a dead worker is reported as incomplete, never as tampered, and never counts
 as verified; it fails the check only when its episode has no complete recording.
+
+With the test set (``--test-set``, `env_worker.reference_check`), a recording whose initial state
+differs from the test set's scenario file is tampered, and FAB's layout (``<test_id>/<scenario_id>/``)
+is verified by re-playing each scenario from the test set's file.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import math
 import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
+
+from broker.test_set import EnvFile
+from env_worker import reference_check as ref
 
 from core.episode_spec import EpisodeSpec, ep_id_of
 from core.outcomes import ENV_ERROR, STOPPED
@@ -50,6 +57,10 @@ class Mismatch(Exception):
     """The replay or the result disagrees with the recording; the message is one line."""
 
 
+class StateDiffers(Mismatch):
+    """The recorded initial state is not the test set's scenario (tampered); one line."""
+
+
 @dataclass(frozen=True)
 class Target:
     """One episode to verify: its folder, what was found there, and the result it must agree with."""
@@ -59,6 +70,7 @@ class Target:
     state: str  # record_folder's complete / incomplete / superseded / unknown, or "missing"
     claims: dict[str, Any] | None = None  # the episode's result record (None: its manifest's copy)
     detail: str = ""
+    reference: EnvFile | None = None  # the test set's scenario its initial state must be (--test-set)
 
 
 @dataclass
@@ -148,15 +160,28 @@ def _targets_from_dir(path: Path) -> list[Target]:
 
 # ------------------------------------------------------------------------------------------- verdicts
 
+def _each(check: Callable[[Any], "Verdict"], items: Sequence[Any], workers: int) -> list["Verdict"]:
+    if workers > 1 and len(items) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            return list(pool.map(check, items))
+    return [check(item) for item in items]
+
+
+def with_references(targets: Iterable[Target], env_files: Sequence[EnvFile]) -> list[Target]:
+    """Each complete recording with the test set's scenario its manifest names (by env file)."""
+    by_file = {f.env_file: f for f in env_files}
+    out = []
+    for target in targets:
+        manifest = rf.read_json(Path(target.folder) / rf.MANIFEST) if target.folder else None
+        env_file = (manifest or {}).get("env_file")
+        out.append(replace(target, reference=by_file.get(env_file)) if env_file in by_file else target)
+    return out
+
+
 def verify_all(targets: Iterable[Target], workers: int = 1) -> list[Verdict]:
     """Verify every target (in `workers` processes); incomplete attempts whose episode has a verified
     recording are marked superseded by it."""
-    targets = list(targets)
-    if workers > 1 and len(targets) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(targets))) as pool:
-            verdicts = list(pool.map(verify_target, targets))
-    else:
-        verdicts = [verify_target(t) for t in targets]
+    verdicts = _each(verify_target, list(targets), workers)
     verified = {v.episode for v in verdicts if v.status == VERIFIED}
     for verdict in verdicts:
         if verdict.status == INCOMPLETE and verdict.episode in verified:
@@ -185,12 +210,67 @@ def verify_target(target: Target) -> Verdict:
         verdict.status, verdict.detail = TAMPERED, str(exc)
         return verdict
     try:
+        if target.reference is not None and manifest.get("kind") == FLATLAND_KIND:
+            _check_initial_state(folder / ref.SERIALISED_STATE / f"{manifest['ep_id']}.pkl", target.reference,
+                                 _rules_of(manifest["spec"]))
+    except StateDiffers as exc:
+        verdict.status, verdict.detail = TAMPERED, str(exc)
+        return verdict
+    except Exception as exc:
+        verdict.status, verdict.detail = ERROR, f"cannot load its initial state: {type(exc).__name__}: {_first_line(exc)}"
+        return verdict
+    try:
         replayed = _replay(folder, manifest)
         _check_result(replayed, manifest, target.claims or manifest.get("result") or {}, verdict)
     except Mismatch as exc:
         verdict.status, verdict.detail = MISMATCH, str(exc)
     except Exception as exc:  # an unreadable file, a missing dependency: cannot be verified
         verdict.status, verdict.detail = ERROR, f"cannot replay: {type(exc).__name__}: {_first_line(exc)}"
+    return verdict
+
+
+def _rules_of(spec: dict[str, Any]) -> ref.EnvRules:
+    return ref.EnvRules(spec.get("rewards") or "DefaultRewards", bool(spec.get("reset", True)), int(spec["seed"]))
+
+
+def _check_initial_state(recorded: Path, reference: EnvFile, rules: ref.EnvRules) -> None:
+    parts = ref.initial_state_differences(recorded, reference.path, rules)
+    if parts:
+        raise StateDiffers(ref.differs_line(parts, reference))
+
+
+# ------------------------------------------------------------------------------- FAB's layout
+
+def verify_fab(root: Path, env_files: Sequence[EnvFile], rules: ref.EnvRules, workers: int = 1) -> list[Verdict]:
+    """Every scenario of a FAB data dir (`ref.fab_scenarios`), re-played from the test set's scenario
+    file: its initial state compared, then flatland's `TrajectoryEvaluator` on the reference env with
+    the recorded actions (positions, rewards, dones at every step), and FAB's scores re-computed
+    (``normalized_reward``: flatland's `Rewards.normalize`; ``percentage_complete``: the arrivals)."""
+    jobs = [(s, ref.reference_of(s.scenario_id, s.test_id, list(env_files)), rules) for s in ref.fab_scenarios(root)]
+    return _each(_verify_fab_scenario, jobs, workers)
+
+
+def _verify_fab_scenario(job: tuple[ref.FabScenario, EnvFile | None, ref.EnvRules]) -> Verdict:
+    scenario, reference, rules = job
+    verdict = Verdict(scenario.label, VERIFIED)
+    if reference is None:
+        verdict.status, verdict.detail = MISSING, f"the test set has no scenario {scenario.scenario_id}"
+        return verdict
+    try:
+        _check_initial_state(scenario.folder / ref.SERIALISED_STATE / f"{scenario.scenario_id}.pkl", reference, rules)
+        with ref.replayed_from_reference(scenario, reference, rules) as folder:
+            manifest = {"ep_id": scenario.scenario_id, "spec": {"rewards": rules.rewards, "normalization": "flatland"},
+                        "recorded": {"steps": ref.recorded_steps(folder, scenario.scenario_id), "done": True}}
+            replayed = _replay_flatland(folder, manifest)
+    except Mismatch as exc:
+        verdict.status, verdict.detail = TAMPERED if isinstance(exc, StateDiffers) else MISMATCH, str(exc)
+        return verdict
+    except Exception as exc:
+        verdict.status, verdict.detail = ERROR, f"cannot replay: {type(exc).__name__}: {_first_line(exc)}"
+        return verdict
+    verdict.steps, verdict.trajectory_reward = replayed.steps, replayed.trajectory_reward
+    verdict.arrivals = percentage_complete(replayed.n_done, replayed.n_agents)
+    verdict.score = replayed.trajectory_reward  # FAB's normalized_reward, as its orchestrator posts it
     return verdict
 
 

@@ -593,26 +593,44 @@ def export(results_file: str, fmt: str, output: str | None, split: str | None) -
 @click.argument("target", type=click.Path(exists=False))
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Verify this many episodes at once (processes).")
-def verify(target: str, workers: int) -> None:
+@click.option("--test-set", type=click.Path(), help="The test set the episodes were played on: every initial state "
+              "is checked against its scenario file, and a FAB data dir (<test_id>/<scenario_id>/) re-played from it.")
+@click.option("--challenge", help="With a FAB data dir: the challenge whose rewards and reset make each scenario's "
+                                  "env (default: ecml2026).")
+def verify(target: str, workers: int, test_set: str | None, challenge: str | None) -> None:
     """Re-play every recorded episode (DIR, or a RESULTS.json) and check it against its recording and its
-    score; exits non-zero with one line per episode that fails (docs/audit.md)."""
+    score; with --test-set, against the test set's scenario files too, and a FAB data dir
+    (<test_id>/<scenario_id>/event_logs, serialised_state) re-played from them; exits non-zero with one line
+    per episode that fails (docs/audit.md)."""
     import sys
 
-    from env_worker.verify import VerifyError, targets_from, verify_all
+    from broker.test_set import TestSetError, discover
+    from core.challenge import ChallengeError, load_challenge
+    from env_worker.reference_check import EnvRules, is_fab_layout
+    from env_worker.verify import VerifyError, targets_from, verify_all, verify_fab, with_references
     from flateval.audit_report import failure_lines, print_verdicts
 
     try:
-        targets = targets_from(Path(target))
-    except VerifyError as exc:
+        env_files = discover(test_set) if test_set else None
+        if env_files is not None and Path(target).is_dir() and is_fab_layout(Path(target)):
+            verdicts = verify_fab(Path(target), env_files, EnvRules.of(load_challenge(challenge or "ecml2026")),
+                                  workers)
+        else:
+            if Path(target).is_dir() and is_fab_layout(Path(target)):
+                raise CliError(f"{target} is a FAB data dir (<test_id>/<scenario_id>/): give --test-set, the test set "
+                               "its scenarios come from")
+            targets = targets_from(Path(target))
+            unscored = _unscored(target)
+            if unscored and not targets:
+                raise CliError(f"{target}: {unscored}; no episode finished, nothing to verify")
+            if not targets:
+                raise CliError(f"no recorded episode under {target} (record with --record DIR)")
+            if unscored:
+                click.echo(f"flateval: {target}: {unscored}; checking the {len(targets)} episodes that finished",
+                           err=True)
+            verdicts = verify_all(with_references(targets, env_files) if env_files else targets, workers)
+    except (VerifyError, TestSetError, ChallengeError) as exc:
         raise CliError(str(exc)) from None
-    unscored = _unscored(target)
-    if unscored and not targets:
-        raise CliError(f"{target}: {unscored}; no episode finished, nothing to verify")
-    if not targets:
-        raise CliError(f"no recorded episode under {target} (record with --record DIR)")
-    if unscored:
-        click.echo(f"flateval: {target}: {unscored}; checking the {len(targets)} episodes that finished", err=True)
-    verdicts = verify_all(targets, workers)
     print_verdicts(verdicts)
     failed = failure_lines(verdicts)
     for line in failed:
