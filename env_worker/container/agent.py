@@ -16,8 +16,10 @@ output tail and pidfile are the process's. What differs is built here:
   TMPDIR and thread pools sized to its cores; nothing of ours;
 - the stop: SIGTERM to the container (its init passes it on), a grace, then the engine removes it.
 
-A worker killed with SIGKILL cannot remove its container: every container is labelled with its
-worker, and the next worker on this host (and `flateval run`'s end) removes those of dead workers.
+A worker killed with SIGKILL cannot stop its container itself: the CLI it attached gets SIGTERM as
+its parent dies and passes it on, so the container stops as after a stop; every container is
+labelled with its worker, and the next worker on this host (and `flateval run`'s end) removes the
+stopped containers of dead workers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import time
@@ -41,6 +44,7 @@ from env_worker.sandbox import AgentUsage, SandboxSpec, parse_memory
 from env_worker.sandbox import cgroups
 from env_worker.sandbox.box import BreachWatch, agent_uid, agents_dir, private_dir, remove_stale_dirs
 from env_worker.sandbox.environment import THREAD_VARIABLES
+from env_worker.sandbox.launcher import die_with_parent
 from env_worker.sandbox.spec import format_bytes, format_cores
 
 LINK_DIR = "/flateval/link"
@@ -116,9 +120,11 @@ class AgentContainer(AgentProcess):
         self.name = f"flateval-agent-{os.getpid()}-{next(_names)}"
         self.cgroup, self._watch = None, BreachWatch(self.limits)
         env = {**os.environ, CURVE_SECRET_ENV: self._curve_secret} if self._curve_secret else None
-        try:
+        worker = os.getpid()
+        try:  # should we be SIGKILLed, the CLI gets SIGTERM and passes it to the container (--sig-proxy)
             return subprocess.Popen([self.engine.cli, *self.run_args()], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=lambda: die_with_parent(worker, signal.SIGTERM))
         except OSError as exc:
             raise AgentStartError(f"cannot run {self.engine.cli}: {exc.strerror or exc}") from None
 

@@ -85,9 +85,9 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
                                          encode(data)))
 
 
-def die_with_parent(parent: int) -> None:
-    """Get SIGKILL when `parent` (our parent now) dies; exit at once if it already has."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent(parent: int, signum: int = signal.SIGKILL) -> None:
+    """Get `signum` (default SIGKILL) when `parent` (our parent now) dies; exit at once if it already has."""
+    _prctl(PR_SET_PDEATHSIG, signum)
     if os.getppid() != parent:
         os._exit(FATAL_EXIT)
 
