@@ -70,6 +70,7 @@ class StopRules:
 class AgentResources:
     cpu: float = 4.0
     memory: str = "15Gi"
+    disk: str = "2Gi"  # what the agent may write: its home, /tmp, /var/tmp and /dev/shm together
 
 
 AGENT_TMP_SIZE = "1Gi"

@@ -64,6 +64,7 @@ class RunSettings:
     curve: bool = False
     agent_cpus: float | None = None  # None: the challenge's agent resources
     agent_memory: str | None = None
+    agent_disk: str | None = None
     agent_pids: int | None = None
     sandbox: bool = True  # False: --no-sandbox (debugging)
     agent_image: str | None = None  # run each agent as a container of this image (env_worker.container)

@@ -119,11 +119,13 @@ def challenge_options(command):
 
 
 def sandbox_options(command):
-    """--agent-cpus, --agent-memory, --agent-pids and --no-sandbox, shared by `run` and `worker`."""
+    """--agent-cpus, --agent-memory, --agent-disk, --agent-pids and --no-sandbox, shared by `run` and `worker`."""
     for option in reversed([
         click.option("--agent-cpus", type=click.FloatRange(min=0, min_open=True),
                      help="Cores for each agent: a cpuset of that many and a CPU quota (default: the challenge's)."),
         click.option("--agent-memory", help="Memory for each agent, e.g. 15Gi or 512Mi (default: the challenge's)."),
+        click.option("--agent-disk", help="What each agent may write, its home, /tmp, /var/tmp and /dev/shm together, "
+                                          "e.g. 2Gi (default: the challenge's, else 2Gi); gone when it stops."),
         click.option("--agent-pids", type=click.IntRange(min=8),
                      help="Processes and threads each agent may have at once (default: 512)."),
         click.option("--no-sandbox", is_flag=True,
@@ -157,14 +159,14 @@ def _check_agent_image(image: str | None, no_sandbox: bool) -> None:
         raise CliError(str(exc)) from None
 
 
-def _sandbox_spec(cpus: float | None, memory: str | None, pids: int | None, **rest: Any):
-    """The agents' fences from the options (click checked the numbers; the size is one line if bad)."""
+def _sandbox_spec(cpus: float | None, memory: str | None, pids: int | None, disk: str | None, **rest: Any):
+    """The agents' fences from the options (click checked the numbers; a bad size is one line)."""
     from env_worker.sandbox import SandboxSpec
 
     try:
-        return SandboxSpec.from_options(cpus, memory, pids, **rest)
+        return SandboxSpec.from_options(cpus, memory, pids, disk=disk, **rest)
     except ValueError as exc:
-        raise CliError(f"--agent-memory: {exc}") from None
+        raise CliError(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -272,7 +274,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
         overall_timeout: float | None, env: str | None, episodes: int | None, seed: int | None,
         record_dir: str | None, agent_startup_timeout: float, metrics_port: int | None, metrics_host: str,
         curve: bool, report_file: str | None, agent_cpus: float | None, agent_memory: str | None,
-        agent_pids: int | None, no_sandbox: bool, agent_image: str | None) -> None:
+        agent_disk: str | None, agent_pids: int | None, no_sandbox: bool, agent_image: str | None) -> None:
     """Evaluate an agent on a test set (or a Gymnasium env) with N worker+agent pairs; print the score.
     The agent is a command (--agent) or a container image (--agent-image)."""
     from broker.plan import PlanError
@@ -287,11 +289,12 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
                                planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
                                overall_timeout_s=overall_timeout, agent_startup_timeout_s=agent_startup_timeout,
                                metrics_port=metrics_port, metrics_host=metrics_host, curve=curve, agent_cpus=agent_cpus, agent_memory=agent_memory,
-                               agent_pids=agent_pids, sandbox=not no_sandbox, agent_image=agent_image)
+                               agent_disk=agent_disk, agent_pids=agent_pids, sandbox=not no_sandbox,
+                               agent_image=agent_image)
     if not agent_command and not agent_image:
         raise CliError("give the agent: --agent \"CMD\" (a command) or --agent-image IMAGE (a container)")
     if not no_sandbox:
-        _sandbox_spec(agent_cpus, agent_memory, agent_pids)  # a bad size is one line before anything starts
+        _sandbox_spec(agent_cpus, agent_memory, agent_pids, agent_disk)  # a bad size is one line before anything starts
     _check_agent_image(agent_image, no_sandbox)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -390,12 +393,13 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
            startup_timeout: float, metrics_port: int | None, metrics_host: str, agent_slots: int | None,
            curve: bool,
            agent_curve_key: str | None, record_dir: str | None, agent_cpus: float | None, agent_memory: str | None,
-           agent_pids: int | None, no_sandbox: bool, agent_image: str | None, agent_hide: tuple[str, ...],
+           agent_disk: str | None, agent_pids: int | None, no_sandbox: bool, agent_image: str | None,
+           agent_hide: tuple[str, ...],
            agent_cpu_offset: int | None) -> None:
     """Run an env worker paired with one agent (without --queue: every open submission's queue).
 
     An agent it starts (--agent-command) is sandboxed with neurips2020's agent resources unless
-    --agent-cpus/--agent-memory say otherwise."""
+    --agent-cpus/--agent-memory/--agent-disk say otherwise."""
     from env_worker.sandbox.launcher import LIFELINE_ENV, die_with_parent
 
     if os.environ.get(LIFELINE_ENV):  # started by `flateval run`: never outlive it, even SIGKILLed
@@ -405,7 +409,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
 
     _refuse_unfenced_image(agent_image, no_sandbox)
     sandbox = None if no_sandbox or not (agent_command or agent_image) else _sandbox_spec(
-        agent_cpus, agent_memory, agent_pids, cpu_offset=agent_cpu_offset,
+        agent_cpus, agent_memory, agent_pids, agent_disk, cpu_offset=agent_cpu_offset,
         hide=(*agent_hide, str(BUNDLED_TEST_SET.parent)))  # every bundled test set
     if metrics_port:
         _serve_episode_metrics(metrics_host, metrics_port)

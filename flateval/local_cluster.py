@@ -213,7 +213,7 @@ def sandbox_args(settings: RunSettings, plan: SubmissionPlan, run_dir: Path) -> 
         return ["--no-sandbox"], 0
     cpus = settings.agent_cpus if settings.agent_cpus is not None else plan.agent_resources.cpu
     args = ["--agent-cpus", f"{cpus:g}", "--agent-memory", settings.agent_memory or plan.agent_resources.memory,
-            "--agent-hide", str(run_dir)]
+            "--agent-disk", settings.agent_disk or plan.agent_resources.disk, "--agent-hide", str(run_dir)]
     if settings.agent_pids is not None:
         args += ["--agent-pids", str(settings.agent_pids)]
     for private in private_paths(plan):

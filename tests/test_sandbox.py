@@ -39,11 +39,12 @@ from tests.test_run import DO_NOTHING, FLATEVAL, check_against_direct, flateval
 MEMORY = "256Mi"
 PIDS = 64
 CPUS = 0.5
-ATTACKS = {1: "network", 3: "files", 5: "memory", 7: "fork_bomb", 9: "spin"}  # test number -> attack
-EPISODES = 11
+DISK = "32Mi"
+ATTACKS = {1: "network", 3: "files", 5: "memory", 7: "fork_bomb", 9: "spin", 11: "disk"}  # test number -> attack
+EPISODES = 13
 
 HOSTILE = r'''
-import json, os, socket, sys, time
+import errno, json, os, socket, sys, time
 from agent_bridge import serve
 
 
@@ -121,6 +122,7 @@ def files():
     out["host process cmdline"] = attempt(host_cmdline)
     out["run dirs"] = run_dirs()
     out["other agent's file"] = attempt(lambda: read(CONFIG["other_secret"]))
+    out["other agent's /tmp"] = attempt(lambda: read(CONFIG["other_tmp_secret"]))
     out["agents dir"] = attempt(lambda: os.listdir(CONFIG["agents_dir"]))
     out["write home"] = attempt(lambda: open("mine.txt", "w").write("mine"))
     found(**out)
@@ -132,6 +134,22 @@ def memory():
         hog.append(b"\x01" * (32 << 20))
         print(f"hog: {32 * len(hog)} MiB", flush=True)
     found(allocated_mib=32 * len(hog))
+
+
+def disk():
+    """Write past the disk cap in each writable place, keeping every file: one cap for all four."""
+    out = {}
+    for place in (os.environ["HOME"], "/tmp", "/var/tmp", "/dev/shm"):
+        written, error = 0, None
+        try:
+            with open(os.path.join(place, CONFIG["token"] + ".bin"), "wb") as fh:
+                while written < 4 * CONFIG["disk"]:
+                    fh.write(b"\x01" * (1 << 20))
+                    written += 1 << 20
+        except OSError as exc:
+            error = errno.errorcode.get(exc.errno, str(exc.errno))
+        out[place if place != os.environ["HOME"] else "home"] = {"mib": written >> 20, "error": error}
+    found(**out)
 
 
 def bomber(depth):
@@ -391,6 +409,48 @@ def test_usage_reads_cpu_seconds_and_peak_memory(tmp_path, small_test_set):
     assert quiet.peak_memory_bytes < after.peak_memory_bytes - (64 << 20), (after, quiet)  # a new window
 
 
+LOUD = """
+import sys
+from agent_bridge import serve
+out = sys.stdout.buffer
+out.write(b"first line\\n")
+for i in range({lines}):
+    out.write(b"%08d" % i + b"x" * 1015 + b"\\n")  # 1 KiB a line
+out.write(b"last line\\n")
+out.flush()
+class DoNothing:
+    def reset(self, info): pass
+    def act(self, obs, info): return {{}}
+serve(DoNothing())
+"""
+
+
+def test_an_agent_that_prints_without_end_costs_a_bounded_log(tmp_path, fault_report):
+    """Its log keeps the head and the tail (what the results keep) and counts the rest, whatever it prints."""
+    from env_worker.sandbox.launcher import OUTPUT_HEAD_BYTES, OUTPUT_TAIL_BYTES
+
+    lines = 32 * 1024  # 32 MiB
+    script = tmp_path / "loud.py"
+    script.write_text(LOUD.format(lines=lines))
+    log = tmp_path / "loud.log"
+    agent = AgentProcess(f"{sys.executable} {script}", log, sandbox=SandboxSpec(cpus=1))
+    try:
+        agent.start(60)
+        wait_for(lambda: "last line\n" in agent.output_tail(300), 30, "the last line in the log")
+        printed = len("first line\n") + lines * 1024 + len("last line\n")
+        text = log.read_bytes()
+    finally:
+        agent.stop()
+    match = re.search(rb"\n\[flateval\] (\d+) bytes of the agent's output not kept\n", text)
+    assert text.startswith(b"first line\n") and match, text[:200]
+    assert len(text) <= OUTPUT_HEAD_BYTES + len(match.group(0)) + 2 * OUTPUT_TAIL_BYTES
+    kept = len(text) - len(match.group(0))  # every byte kept or counted (and its "serving on ..." line)
+    assert printed <= int(match.group(1)) + kept <= printed + 300, (match.group(1), kept, printed)
+    fault_report(f"agent prints {printed >> 20} MiB at start", f"its log holds {len(text) >> 10} KiB: the first "
+                 f"{OUTPUT_HEAD_BYTES >> 10} KiB, the last {OUTPUT_TAIL_BYTES >> 10} KiB or more, and a line counting "
+                 "the rest; the results keep the tail", None)
+
+
 # ------------------------------------------------------------------------------------ the hostile run
 
 @pytest.fixture(scope="module")
@@ -419,17 +479,23 @@ def hostile_run(small_test_set, redis_url, tmp_path_factory):
     redis_host, redis_port = redis_url.split("//")[1].split("/")[0].rsplit(":", 1)
     targets = [(redis_host, int(redis_port))] + [s.getsockname()[:2] for s in listeners]
 
-    other = AgentProcess(DO_NOTHING, base / "other.log", sandbox=SandboxSpec(cpus=1))
+    token = f"flateval-disk-{uuid.uuid4().hex[:8]}"
+    other_script = base / "other.py"  # another submission, which keeps a secret in its home and its /tmp
+    other_script.write_text(f"import os\nfor d in (os.environ['HOME'], '/tmp'):\n"
+                            f"    open(os.path.join(d, '{token}-secret.txt'), 'w').write('a secret')\n"
+                            "import runpy\nrunpy.run_module('agent_bridge.examples.do_nothing', run_name='__main__')\n")
+    other_script.chmod(0o644)
+    other = AgentProcess(f"{sys.executable} {other_script}", base / "other.log", sandbox=SandboxSpec(cpus=1))
     other.start(30)
-    secret = other.sandbox.home / "secret.txt"
-    secret.write_text("another submission's secret")
+    secret = other.sandbox.home / f"{token}-secret.txt"
     import flateval as package
 
     config = {"attacks": {str(k): v for k, v in ATTACKS.items()}, "targets": targets, "test_set": str(test_set),
               "test_files": [str(p) for p in sorted(before)], "other_secret": str(secret),
               "other_socket": other.endpoint.removeprefix("ipc://"), "agents_dir": str(other.sandbox.agents_dir),
               "bundled": str(Path(package.__file__).parent / "data" / "test_sets"), "host_pid": os.getpid(),
-              "host_cmdline": Path("/proc/self/cmdline").read_bytes().hex()}
+              "host_cmdline": Path("/proc/self/cmdline").read_bytes().hex(), "token": token,
+              "disk": parse_memory(DISK), "other_tmp_secret": f"/tmp/{token}-secret.txt"}
     script = base / "hostile.py"
     script.write_text("CONFIG = " + repr(config) + "\n" + HOSTILE)
     script.chmod(0o644)
@@ -437,7 +503,7 @@ def hostile_run(small_test_set, redis_url, tmp_path_factory):
     try:
         done = flateval("run", "--agent", f"{sys.executable} {script}", "--test-set", str(test_set), "--workers", "1",
                         "--redis", redis_url, "--agent-memory", MEMORY, "--agent-pids", str(PIDS),
-                        "--agent-cpus", str(CPUS), "--output", str(out), timeout=300)
+                        "--agent-cpus", str(CPUS), "--agent-disk", DISK, "--output", str(out), timeout=300)
         reachable = {}
         for host, port in targets:  # the control: from outside the sandbox every target answers
             with socket.create_connection((host, port), timeout=2):
@@ -446,13 +512,27 @@ def hostile_run(small_test_set, redis_url, tmp_path_factory):
         other.stop()
         for sock in listeners:
             sock.close()
+        left = _host_files(token)  # what the agents wrote that the host still holds (then removed)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("sandbox: ")]
     assert len(lines) == 1, done.stderr
     document = json.loads(out.read_text())
     episodes = {int(e["env_file"].split("/")[0][5:]): e for e in document["episodes"]}
     return {"document": document, "episodes": episodes, "report": parse_line(lines[0]), "line": lines[0],
-            "test_set": test_set, "before": before, "reachable": reachable, "config": config}
+            "test_set": test_set, "before": before, "reachable": reachable, "config": config, "left": left}
+
+
+def _host_files(token: str) -> list[str]:
+    """Files named with `token` in the host's /tmp, /var/tmp, /dev/shm and agents' directories; removed."""
+    from env_worker.sandbox.box import agents_dir
+
+    found = []
+    for top in ("/tmp", "/var/tmp", "/dev/shm", str(agents_dir())):
+        for folder, _, files in os.walk(top) if top == str(agents_dir()) else [(top, [], os.listdir(top))]:
+            found += [os.path.join(folder, f) for f in files if token in f]
+    for path in found:
+        os.unlink(path)
+    return found
 
 
 def test_the_start_up_line_says_what_is_in_force_and_why_not(hostile_run):
@@ -505,6 +585,7 @@ def test_the_agent_reads_and_writes_nothing_of_the_test_set_the_worker_or_others
     assert refused(seen["host process cmdline"]) or seen["host process cmdline"] == "ok: False"
     assert seen["run dirs"]["found"] >= 1 and seen["run dirs"]["listed"] == 0, seen["run dirs"]
     assert refused(seen["other agent's file"]) and refused(seen["agents dir"])
+    assert refused(seen["other agent's /tmp"]), seen["other agent's /tmp"]
     # its own uid, no groups, a private 0700 working directory that is its HOME, an allowlisted environment
     assert seen["uid"] == seen["cwd owner"] == int(report.on["user"]) and seen["uid"] != 0
     assert seen["groups"] == [] and seen["cwd mode"] == "0o700" and seen["cwd"] == seen["home"]
@@ -539,6 +620,23 @@ def test_a_fork_bomb_is_bounded_and_the_limit_named(hostile_run, fault_report):
                  "restart", None)
 
 
+def test_the_agents_disk_is_its_own_capped_and_gone_when_it_stops(hostile_run, fault_report):
+    """Its home, /tmp, /var/tmp and /dev/shm share one cap; a write past it fails inside the agent;
+    the host's /tmp and /var/tmp never see a byte, and nothing it wrote is left once it stopped."""
+    require(hostile_run["report"], "disk")
+    assert hostile_run["report"].on["disk"].startswith(f"{format_bytes(parse_memory(DISK))} (home, /tmp, /var/tmp")
+    seen = findings(hostile_run["episodes"][11])
+    assert set(seen) == {"home", "/tmp", "/var/tmp", "/dev/shm"}, seen
+    assert all(result["error"] in ("ENOSPC", "EDQUOT") for result in seen.values()), seen
+    written = sum(result["mib"] for result in seen.values())
+    assert parse_memory(DISK) // 2 <= written << 20 <= parse_memory(DISK), seen
+    assert hostile_run["left"] == []  # neither in the host's places nor in its directory, nor the other agent's
+    assert hostile_run["episodes"][12]["outcome"] == "completed"
+    fault_report(f"agent writes past --agent-disk {DISK} in its home, /tmp, /var/tmp and /dev/shm",
+                 f"{written} MiB written in all, then ENOSPC in each place (one tmpfs of its own); the host's /tmp and "
+                 "/var/tmp untouched, nothing left once it stopped; the next episode scores normally", None)
+
+
 def test_a_spinner_keeps_to_its_core_and_its_quota(hostile_run, fault_report):
     report = hostile_run["report"]
     require(report, "cpus", "quota")
@@ -555,8 +653,11 @@ def test_a_spinner_keeps_to_its_core_and_its_quota(hostile_run, fault_report):
 # ------------------------------------------------------------------------------------ nothing outlives
 
 GRANDCHILD = """
-import subprocess, sys, time
+import os, subprocess, sys, time
 from agent_bridge import serve
+for place in (os.environ["HOME"], "/tmp", "/var/tmp", "/dev/shm"):  # files that must not outlive it
+    open(os.path.join(place, "{token}.bin"), "wb").write(b"x" * 4096)
+print("wrote its files", flush=True)
 subprocess.Popen([sys.executable, "-c", "import signal, time\\n"
                   "for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT): signal.signal(s, signal.SIG_IGN)\\n"
                   "time.sleep(3600)", "{token}"], start_new_session=True, stdin=subprocess.DEVNULL,
@@ -644,8 +745,12 @@ def test_a_detached_grandchild_dies_with_its_sigkilled_worker(redis_url, tmp_pat
     try:
         wait_for(lambda: _live([token]) or worker.poll() is not None, 60, "the grandchild")
         assert worker.poll() is None, worker.stderr.read()
-        require(_sandbox_line(worker.stderr), "pidns")
+        report = _sandbox_line(worker.stderr)
+        require(report, "pidns")
+        assert "wrote its files" in (tmp_path / "agent.log").read_text()
         took = _sigkill_and_check_everything_dies(worker, [str(script), token], "the worker")
+        if "disk" in report.on:  # its files were in its own places, gone with its mount namespace
+            assert _host_files(token) == []
     finally:
         if worker.poll() is None:
             worker.kill()

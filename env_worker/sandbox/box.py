@@ -139,12 +139,13 @@ def absolute_command(command: str, cwd: str | None = None) -> str:
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
-def needed_paths(command: str, env: dict[str, str]) -> list[str]:
+def needed_paths(command: str, env: dict[str, str], files_in: tuple[str, ...] = ()) -> list[str]:
     """What an agent with a uid of its own must be able to reach: the Python running us (often in a
     0700 home, e.g. pyenv's), the agent_bridge package, the directories the command and PYTHONPATH
     name (in the environment or assigned in the command). Each is reached through the directories above it, shown only as far as needed: the package
     itself, not the checkout it lives in (a clone in a 0700 ``mktemp -d`` folder shows the agent its
-    ``agent_bridge/`` and ``.venv/``, nothing else)."""
+    ``agent_bridge/`` and ``.venv/``, nothing else). A file stays a file, not its directory, where
+    that directory is one of `files_in` (``python /tmp/agent.py`` needs that file of /tmp, not /tmp)."""
     import agent_bridge
 
     candidates = [os.path.dirname(os.path.realpath(sys.executable)), sys.base_prefix, sys.prefix, sys.exec_prefix,
@@ -159,9 +160,9 @@ def needed_paths(command: str, env: dict[str, str]) -> list[str]:
         candidates += [p for p in value.split(os.pathsep) if p.startswith("/")]
     found = []
     for path in map(os.path.realpath, candidates):
-        if os.path.isfile(path):
+        if os.path.isfile(path) and os.path.dirname(path) not in files_in:
             path = os.path.dirname(path)
-        if os.path.isdir(path) and path not in found:
+        if os.path.exists(path) and path not in found:
             found.append(path)
     return found
 
@@ -199,6 +200,7 @@ class Sandbox:
         self.home = self.dir / "home"
         ipc = self.dir / "ipc"
         self._private(ipc)
+        (self.dir / "disk").mkdir(mode=0o700)  # where the launcher mounts the agent's disk (its namespace only)
         if self.uid is not None:
             os.chmod(self.dir, 0o711)
         self.endpoint = endpoint or f"ipc://{ipc}/agent.sock"
@@ -266,6 +268,7 @@ class Sandbox:
             "own_dir": str(self.dir), "hide": hide, "status_fd": status_write,
             "cgroup_procs": self.cgroup.procs_files(), "cpus": self.cores, "rlimits": self._rlimits,
             "reachable": needed_paths(command, env) if self.uid is not None else [],
+            "disk": self.spec.disk_bytes, "keep": needed_paths(command, env, files_in=launcher.PLACES),
         }
         try:
             process = subprocess.Popen(
@@ -319,7 +322,7 @@ class Sandbox:
                        off.get("netns"))
         report.put("pidns", "(dies with its worker)" if on.get("pid1") else None,
                    off.get("pidns") or "the agent is not PID 1 of its own pid namespace")
-        partial = "; ".join(f"{key} failed: {off[key]}" for key in ("proc", "reachable", "hide", "shm") if key in off)
+        partial = "; ".join(f"{key} failed: {off[key]}" for key in ("proc", "reachable", "hide") if key in off)
         report.put("mounts", f"({on['mounts']}{'; ' + partial if partial else ''})" if "mounts" in on else None,
                    off.get("mounts") or off.get("mountns"))
         if "cgroups" in off:  # the limits were written but the agent is not in the cgroup
@@ -333,6 +336,10 @@ class Sandbox:
             report.put("memory", f"{format_bytes(self.spec.memory_bytes)} (RLIMIT_AS, per process)")
         if "rlimit_nproc" in on and "pids" not in report.on:
             report.put("pids", f"{self.spec.pids} (RLIMIT_NPROC)")
+        places = ", ".join(["home", *on.get("disk", ())])
+        report.put("disk", f"{format_bytes(self.spec.disk_bytes)} ({places}: one tmpfs, gone when it stops)"
+                   if "disk" in on else None,
+                   off.get("disk") or off.get("mounts") or off.get("mountns") or "no mount namespace")
         report.put("dir", "(private)")
         report.put("env", "(allowlist)")
         return report
@@ -365,5 +372,6 @@ class Sandbox:
     def hint(self) -> str:
         """What to check when a sandboxed agent dies before answering."""
         who = f"as uid {self.uid}" if self.uid is not None else "as flateval's user"
-        return (f"the sandboxed agent starts in an empty directory {who}, without network: name its files by "
-                f"absolute path{', readable by others' if self.uid is not None else ''}; --no-sandbox to compare")
+        return (f"the sandboxed agent starts in an empty directory {who}, without network, with a /tmp of its "
+                f"own: name its files by absolute path in its command{', readable by others' if self.uid is not None else ''}"
+                "; --no-sandbox to compare")

@@ -14,11 +14,15 @@ imports only C modules and ctypes (no json, socket or signal: their enums alone 
    launcher dies (stopped, or killed with its worker) the init dies, and the kernel kills every
    process of the namespace with it, however deep or detached. No cleanup pass is involved;
 4. the init mounts its own /proc, hides the test set, the run directory, /run and the other agents'
-   directories, gives /dev/shm a private tmpfs, joins the agent's cgroups, sets its rlimits and CPU
-   affinity, drops to the agent's uid, forbids new privileges, writes what it achieved (a marshalled
-   dict) to the status pipe and execs ``/bin/sh -c COMMAND`` in the agent's private directory.
+   directories, gives the agent its private disk (`private_disk`: one size-capped tmpfs holding its
+   home, /tmp, /var/tmp and /dev/shm, gone with the namespace), joins the agent's cgroups, sets its
+   rlimits and CPU affinity, drops to the agent's uid, forbids new privileges, writes what it
+   achieved (a marshalled dict) to the status pipe and execs ``/bin/sh -c COMMAND`` in the agent's
+   private directory.
 
-The launcher waits for the init and leaves with its status (a signal death as the same signal), so
+The agent's stdout and stderr are a pipe the launcher reads (`OutputKeeper`): its log gets the
+first `OUTPUT_HEAD_BYTES` and the last `OUTPUT_TAIL_BYTES` and a line counting what was between,
+so an agent that prints without end costs no disk. The launcher waits for the init and leaves with its status (a signal death as the same signal), so
 the worker's view of "the agent process" is unchanged. SIGTERM, SIGINT or SIGHUP to the launcher are
 passed on to the agent, which gets `STOP_GRACE_S` to end on its own (a script's last words, its
 `submit()`); then the whole namespace is killed. An agent that ignores the stop gains nothing: the
@@ -39,6 +43,14 @@ import os
 import select
 import struct
 import sys
+
+PLACES = ("/tmp", "/var/tmp", "/dev/shm")
+"""The machine's shared writable places: each is the agent's own, a folder of its private disk."""
+OUTPUT_HEAD_BYTES = 64 * 1024
+"""What the agent prints first is kept (its start-up)."""
+OUTPUT_TAIL_BYTES = 64 * 1024
+"""What it prints last is kept: the results keep its last 10,000 characters, at most 40,000 bytes."""
+_DROPPED = (b"\n[flateval] ", b" bytes of the agent's output not kept\n")
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -237,11 +249,70 @@ def private_mounts(config: dict, pidns: bool, on: dict, off: dict) -> None:
             hidden.append(path)
         except SetupError as exc:
             off.setdefault("hide", f"{path}: {exc.strerror}")
-    try:
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    except SetupError as exc:
-        off["shm"] = exc.strerror
+    if config.get("disk"):
+        try:
+            private_disk(config)
+            on["disk"] = [p for p in PLACES if os.path.isdir(p)]
+        except OSError as exc:
+            off["disk"] = exc.strerror or str(exc)
     on["mounts"] = "hidden: " + ", ".join(hidden) + ("; reachable: " + ", ".join(reachable) if reachable else "")
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _make_path(path: str, is_dir: bool) -> None:
+    """A mount point at `path` in the agent's fresh folders: directories 0711 on the way."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        _make_path(parent, True)
+    if is_dir:
+        os.mkdir(path, 0o711)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def private_disk(config: dict) -> None:
+    """One tmpfs of ``disk`` bytes, the agent's whole writable space: its home and the machine's
+    /tmp, /var/tmp and /dev/shm are each a folder of it, bind-mounted over the place, so one cap
+    covers them all; its pages are charged to the agent's memory cgroup; it lives in the agent's
+    mount namespace only and is gone with it. Made at ``own_dir/disk`` (hidden once /tmp is
+    covered). What the agent must still see under /tmp or /var/tmp (its own directory, what its
+    command names) is bound back in."""
+    size, uid, gid = config["disk"], config.get("uid"), config.get("gid")
+    staging = os.path.join(config["own_dir"], "disk")
+    _mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={size},nr_inodes={max(4096, size // 16384)},mode=0700")
+    folders = {}
+    for name, mode in (("home", 0o700), ("home/tmp", 0o700), ("tmp", 0o1777), ("var_tmp", 0o1777), ("shm", 0o1777)):
+        path = os.path.join(staging, name)
+        os.mkdir(path)
+        os.chmod(path, mode)  # past the umask
+        if uid is not None and name.startswith("home"):
+            os.chown(path, uid, gid)
+        folders[name] = os.open(path, os.O_PATH)
+    keep = [config["own_dir"], *(config.get("keep") or [])]
+    keep = sorted({p for p in keep if any(_under(p, place) and p != place for place in PLACES)})
+    keep = [p for p in keep if not any(_under(p, other) and p != other for other in keep)]  # outermost only
+    kept = {}
+    for path in keep:
+        try:
+            kept[path] = os.open(path, os.O_PATH)
+        except OSError:
+            continue
+    try:
+        for place, name in zip(PLACES, ("tmp", "var_tmp", "shm")):
+            if os.path.isdir(place):
+                _mount(f"/proc/self/fd/{folders[name]}", place, None, MS_BIND)
+        for path, fd in kept.items():
+            _make_path(path, os.path.isdir(f"/proc/self/fd/{fd}"))
+            # its own directory alone (its disk stays hidden), the rest with what is hidden inside
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | (0 if path == config["own_dir"] else MS_REC))
+        _mount(f"/proc/self/fd/{folders['home']}", config["home"], None, MS_BIND)
+    finally:
+        for fd in (*folders.values(), *kept.values()):
+            os.close(fd)
 
 
 def join_cgroups(procs_files: list[str], on: dict, off: dict) -> None:
@@ -320,6 +391,79 @@ def run_init(config: dict, flags: int, lifeline: int, status: int, on: dict, off
 
 # ------------------------------------------------------------------------------------ the launcher
 
+class OutputKeeper:
+    """An agent's output into its log file: the file's first `OUTPUT_HEAD_BYTES`, a line counting
+    what was dropped, and at least its last `OUTPUT_TAIL_BYTES`; never more than head + line + two
+    tails. A restart's output continues the same file (the count read back from it)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd  # read and write, not O_APPEND: pwrite must go where it is told
+        self.size = os.fstat(fd).st_size
+        self.dropped, self.line_len = 0, 0
+        if self.size > OUTPUT_HEAD_BYTES:
+            line = os.pread(fd, 128, OUTPUT_HEAD_BYTES)
+            start, end = _DROPPED
+            digits = line[len(start):line.find(end)] if line.startswith(start) and end in line else b""
+            if digits.isdigit():
+                self.dropped, self.line_len = int(digits), len(start) + len(digits) + len(end)
+
+    def write(self, data: bytes) -> None:
+        try:
+            os.pwrite(self.fd, data, self.size)
+            self.size += len(data)
+            if self.size > OUTPUT_HEAD_BYTES + self.line_len + 2 * OUTPUT_TAIL_BYTES:
+                self._drop_middle()
+        except OSError:
+            pass  # the host's disk is full: the agent's output is what gives
+
+    def _drop_middle(self) -> None:
+        """Head, the count, the last tail: the tail is written before the file is cut, so a reader
+        always finds the latest output at its end."""
+        tail_at = self.size - OUTPUT_TAIL_BYTES
+        tail = os.pread(self.fd, OUTPUT_TAIL_BYTES, tail_at)
+        self.dropped += tail_at - OUTPUT_HEAD_BYTES - self.line_len
+        line = _DROPPED[0] + str(self.dropped).encode() + _DROPPED[1]
+        os.pwrite(self.fd, line + tail, OUTPUT_HEAD_BYTES)
+        self.line_len = len(line)
+        self.size = OUTPUT_HEAD_BYTES + len(line) + len(tail)
+        os.ftruncate(self.fd, self.size)
+
+
+def relay_output(child: int, source: int, keeper: OutputKeeper) -> None:
+    """Copy the agent's output to its log until every writer closed the pipe, or, without a pid
+    namespace (where a detached process may hold it open), until the init exited and what it left
+    in the pipe is read."""
+    try:
+        exited = os.pidfd_open(child)
+    except (AttributeError, OSError):
+        exited = None
+    watched = [source] if exited is None else [source, exited]
+    while True:
+        ready = select.select(watched, [], [], 0.5 if exited is None else None)[0]
+        if source in ready:
+            data = os.read(source, 65536)
+            if not data:
+                break
+            keeper.write(data)
+        elif exited in ready or (exited is None and _exited(child)):
+            os.set_blocking(source, False)
+            try:
+                while data := os.read(source, 65536):
+                    keeper.write(data)
+            except BlockingIOError:
+                pass
+            break
+    if exited is not None:
+        os.close(exited)
+
+
+def _exited(child: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def _wait(child: int) -> int:
     while True:
         try:
@@ -340,13 +484,21 @@ def main(argv: list[str]) -> None:
     except OSError as exc:
         os.write(status, marshal.dumps({"error": f"sandbox: user namespace: {exc.strerror or exc}"}))
         os._exit(FATAL_EXIT)
+    log = os.open("/proc/self/fd/1", os.O_RDWR)  # before the init mounts the new pid namespace's /proc
+    output_read, output_write = os.pipe()
     lifeline_read, lifeline_write = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(lifeline_write)
+        os.close(output_read)
+        os.close(log)
+        os.dup2(output_write, 1)
+        os.dup2(output_write, 2)
+        os.close(output_write)
         run_init(config, flags, lifeline_read, status, on, off)
     os.close(lifeline_read)
     os.close(status)
+    os.close(output_write)
 
     def kill(signum: int, frame: object) -> None:
         try:
@@ -368,6 +520,7 @@ def main(argv: list[str]) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
+    relay_output(child, output_read, OutputKeeper(log))
     result = _wait(child)
     if os.WIFSIGNALED(result):
         sig = os.WTERMSIG(result)

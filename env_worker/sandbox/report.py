@@ -1,7 +1,8 @@
 """The one line that says which fences are in force on this machine, which are not, and why.
 
     sandbox: user 1800001234, netns, pidns (dies with its worker), mounts (...), cpus 1 (cpuset),
-    quota 1 cpu (cgroup v1), memory 256 MiB (cgroup v1), pids 64 (cgroup v1), dir (private),
+    quota 1 cpu (cgroup v1), memory 256 MiB (cgroup v1), pids 64 (cgroup v1), disk 2 GiB (home, /tmp,
+    /var/tmp, /dev/shm: one tmpfs, gone when it stops), dir (private),
     env (allowlist); not: quota: no writable cgroup has the controller
 
 Every item starts with its fence's key; `parse_line` gives them back (tests skip on a missing
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-FENCES = ("user", "netns", "pidns", "mounts", "cpus", "quota", "memory", "pids", "dir", "env")
+FENCES = ("user", "netns", "pidns", "mounts", "cpus", "quota", "memory", "pids", "disk", "dir", "env")
 PREFIX = "sandbox: "
 OFF = "; not: "
 NO_SANDBOX = ("sandbox: off (--no-sandbox): the agent runs as flateval's user, with its network, files and "

@@ -2,7 +2,8 @@
 
 ``--agent-cpus 2`` gives the agent two cores (a cpuset, and the affinity the agent starts with) and
 a CPU quota of 2 cores' time; ``--agent-cpus 0.5`` one core at half its time. ``--agent-memory
-15Gi`` caps its memory, ``--agent-pids`` its processes and threads together.
+15Gi`` caps its memory, ``--agent-pids`` its processes and threads together, ``--agent-disk 2Gi``
+what it may write (its home, /tmp, /var/tmp and /dev/shm together).
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ _UNITS = {"": 1, "k": 1000, "m": 1000 ** 2, "g": 1000 ** 3, "t": 1000 ** 4,
           "ki": KiB, "mi": MiB, "gi": GiB, "ti": 1024 * GiB}
 
 
-def parse_memory(text: str) -> int:
+def parse_memory(text: str, what: str = "memory") -> int:
     """Bytes from a Kubernetes-style size: ``15Gi``, ``512Mi``, ``2G``, ``1048576``."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]i?)?[bB]?\s*", str(text))
     if not match:
         raise ValueError(f"expected a size like 15Gi or 512Mi, got {text!r}")
     value = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
     if value < 16 * MiB:
-        raise ValueError(f"{text!r} is too little memory for any agent (at least 16Mi)")
+        raise ValueError(f"{text!r} is too little {what} for any agent (at least 16Mi)")
     return value
 
 
@@ -59,6 +60,8 @@ def format_cores(cores: list[int]) -> str:
 class SandboxSpec:
     cpus: float = AgentResources.cpu
     memory_bytes: int = parse_memory(AgentResources.memory)
+    disk_bytes: int = parse_memory(AgentResources.disk, "disk")
+    """What the agent may write, its home, /tmp, /var/tmp and /dev/shm together (one tmpfs)."""
     pids: int = DEFAULT_PIDS
     cpu_offset: int | None = None
     """Where in the worker's cores the agent's start: `flateval run` gives pair i offset i x cores,
@@ -74,12 +77,19 @@ class SandboxSpec:
 
     @classmethod
     def from_options(cls, cpus: float | None = None, memory: str | None = None, pids: int | None = None,
-                     resources: AgentResources = AgentResources(), **rest: Any) -> "SandboxSpec":
-        """The challenge's agent `resources` (default: neurips2020's 4 CPUs and 15Gi), each replaced
-        by an option that is given. A bad value is a `ValueError` whose message is one line."""
-        return cls(cpus=cpus if cpus is not None else resources.cpu,
-                   memory_bytes=parse_memory(memory if memory is not None else resources.memory),
-                   pids=pids if pids is not None else DEFAULT_PIDS, **rest)
+                     resources: AgentResources = AgentResources(), disk: str | None = None,
+                     **rest: Any) -> "SandboxSpec":
+        """The challenge's agent `resources` (default: neurips2020's 4 CPUs, 15Gi and 2Gi of disk),
+        each replaced by an option that is given. A bad value is a `ValueError` whose message is one
+        line, naming the option (``--agent-disk: ...``)."""
+        sizes = {}
+        for option, text, default in (("memory", memory, resources.memory), ("disk", disk, resources.disk)):
+            try:
+                sizes[option] = parse_memory(text if text is not None else default, option)
+            except ValueError as exc:
+                raise ValueError(f"--agent-{option}: {exc}") from None
+        return cls(cpus=cpus if cpus is not None else resources.cpu, memory_bytes=sizes["memory"],
+                   disk_bytes=sizes["disk"], pids=pids if pids is not None else DEFAULT_PIDS, **rest)
 
     def cores(self, busy: Mapping[int, int] | None = None) -> list[int]:
         """The cores the agent gets: as many as its CPUs round up to, from the worker's own; from
