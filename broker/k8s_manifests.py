@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from broker.store import queue_list_key, queue_name
-from core.challenge import AGENT_TMP_SIZE, TimeLimits
+from core.challenge import AgentResources, TimeLimits
 
 WORKER_IMAGE = "flateval/worker:0.1.0"
 NAMESPACE = "flateval"
@@ -100,6 +100,7 @@ def submission_manifests(
     worker_image: str = WORKER_IMAGE,
     cpu: str = "4",
     memory: str = "15Gi",
+    disk: str = AgentResources.disk,
     max_replicas: int = 10,
     grace_s: int | None = None,
     worker_cpu: str = "1",
@@ -112,6 +113,8 @@ def submission_manifests(
     """The objects that evaluate one submission: a KEDA ScaledJob (the pod template inside it).
 
     `cpu`/`memory` are the agent container's requests and limits (the challenge's agent resources);
+    `disk` its ephemeral storage, requested and limited, and the size limit of its /tmp (its only
+    writable space: the kubelet evicts the pod past it);
     `worker_cpu`/`worker_memory` the env worker's. `test_set_claim` is a PersistentVolumeClaim holding
     the test set (mounted read-only at /test-set); None when the worker image carries the test set at
     /test-set itself. `record_claim` is a PersistentVolumeClaim every episode is recorded into (mounted
@@ -134,13 +137,14 @@ def submission_manifests(
         "restartPolicy": "Always",
         # the participant's container learns where to listen and nothing else: no Redis URL, no secret
         "env": [{"name": "FLATEVAL_AGENT_BIND", "value": endpoint}, {"name": "HOME", "value": "/tmp"}],
-        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
+        "resources": {"requests": {"cpu": cpu, "memory": memory, "ephemeral-storage": disk},
+                      "limits": {"cpu": cpu, "memory": memory, "ephemeral-storage": disk}},
         "securityContext": _restricted(read_only_root=True),
         "volumeMounts": [{"name": "agent-tmp", "mountPath": "/tmp"}],
     }
     worker_mounts = [{"name": "worker-tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": "worker-tmp", "emptyDir": {}},
-                                     {"name": "agent-tmp", "emptyDir": {"sizeLimit": AGENT_TMP_SIZE}}]
+                                     {"name": "agent-tmp", "emptyDir": {"sizeLimit": disk}}]
     if test_set_claim:
         worker_mounts.append({"name": "test-set", "mountPath": TEST_SET_DIR, "readOnly": True})
         volumes.append({"name": "test-set", "persistentVolumeClaim": {"claimName": test_set_claim, "readOnly": True}})

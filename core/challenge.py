@@ -73,11 +73,6 @@ class AgentResources:
     disk: str = "2Gi"  # what the agent may write: its home, /tmp, /var/tmp and /dev/shm together
 
 
-AGENT_TMP_SIZE = "1Gi"
-"""A container agent's only writable space (its /tmp and HOME), on Kubernetes and under
-`flateval run --agent-image` alike: enough for scratch files, not for filling a node's disk."""
-
-
 VIDEO_FORMATS = ("mp4", "gif")
 
 

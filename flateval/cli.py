@@ -740,7 +740,7 @@ def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, w
     try:
         objects = k8s.submission_manifests(
             submission_id, agent_image, cpu=cpu or f"{chosen.agent_resources.cpu:g}",
-            memory=memory or chosen.agent_resources.memory, max_replicas=max_replicas,
+            memory=memory or chosen.agent_resources.memory, disk=chosen.agent_resources.disk, max_replicas=max_replicas,
             grace_s=grace_s if grace_s is not None else k8s.episode_bound_s(chosen.time_limits),
             image_pull_secrets=image_pull_secrets, runtime_class=runtime_class,
             **{k: v for k, v in given.items() if v is not None})

@@ -598,7 +598,8 @@ def test_submission_workload_pairs_the_agent_with_its_worker_safely():
 
     # the agent: a native sidecar with the challenge's resources and nothing secret
     assert agent["image"] == EXAMPLE_AGENT and agent["restartPolicy"] == "Always"
-    expected = {"cpu": f"{phase.agent_resources.cpu:g}", "memory": phase.agent_resources.memory}
+    expected = {"cpu": f"{phase.agent_resources.cpu:g}", "memory": phase.agent_resources.memory,
+                "ephemeral-storage": phase.agent_resources.disk}
     assert agent["resources"] == {"requests": expected, "limits": expected}
     assert "envFrom" not in agent
     assert all("valueFrom" not in e and "REDIS" not in e["name"] and "REDIS" not in e.get("value", "")
@@ -611,7 +612,7 @@ def test_submission_workload_pairs_the_agent_with_its_worker_safely():
                                         "seccompProfile": {"type": "RuntimeDefault"}}
     (tmp,) = [v for v in spec["volumes"] if v["name"] == agent["volumeMounts"][0]["name"]]
     assert agent["volumeMounts"] == [{"name": tmp["name"], "mountPath": "/tmp"}]
-    assert tmp["emptyDir"]["sizeLimit"] == k8s.AGENT_TMP_SIZE
+    assert tmp["emptyDir"]["sizeLimit"] == phase.agent_resources.disk  # and its ephemeral-storage limit
     assert {"name": "HOME", "value": "/tmp"} in agent["env"]
     assert "runtimeClassName" not in spec  # gVisor is the overlay's (or --runtime-class's) choice
     bind = next(e["value"] for e in agent["env"] if e["name"] == "FLATEVAL_AGENT_BIND")

@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
-from core.challenge import AGENT_TMP_SIZE
 from env_worker.agent_process import AgentProcess, AgentStartError
 from env_worker.container.bridge import DEPS_ENV, BridgeDepsError, bridge_deps_dir
 from env_worker.container.engine import LABEL, Engine, EngineError, ImageConfig
-from env_worker.sandbox import AgentUsage, SandboxSpec, parse_memory
+from env_worker.sandbox import AgentUsage, SandboxSpec
 from env_worker.sandbox import cgroups
 from env_worker.sandbox.box import BreachWatch, agent_uid, agents_dir, private_dir, remove_stale_dirs
 from env_worker.sandbox.environment import THREAD_VARIABLES
@@ -101,7 +100,7 @@ class AgentContainer(AgentProcess):
         if os.environ.get(SPIN_ENV):
             env[SPIN_ENV] = os.environ[SPIN_ENV]
         args = ["run", "--name", self.name, "--label", f"{LABEL}={owner()}", "--pull", "never",
-                "--init", "--read-only", "--tmpfs", f"/tmp:rw,nosuid,nodev,size={parse_memory(AGENT_TMP_SIZE)}",
+                "--init", "--read-only", "--tmpfs", f"/tmp:rw,nosuid,nodev,size={spec.disk_bytes}",
                 "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none", "--ipc", "private",
                 "--cpuset-cpus", ",".join(map(str, self.cores)), "--cpus", f"{quota:g}",
                 "--memory", str(spec.memory_bytes), "--memory-swap", str(spec.memory_bytes),
@@ -163,7 +162,7 @@ class AgentContainer(AgentProcess):
         items = [
             f"user {self.user()}",
             "root read-only" if host.get("ReadonlyRootfs") else "root WRITABLE",
-            f"tmp {format_bytes(parse_memory(AGENT_TMP_SIZE))}",
+            f"tmp {format_bytes(self.limits.disk_bytes)}",
             "capabilities none" if "ALL" in (host.get("CapDrop") or []) else "capabilities DEFAULT",
             "no-new-privileges" if any("no-new-privileges" in o for o in host.get("SecurityOpt") or []) else "",
             f"network {host.get('NetworkMode')} (link: ipc socket)",
