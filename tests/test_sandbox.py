@@ -139,7 +139,8 @@ def memory():
 def disk():
     """Write past the disk cap in each writable place, keeping every file: one cap for all four."""
     out = {}
-    for place in (os.environ["HOME"], "/tmp", "/var/tmp", "/dev/shm"):
+    link = os.path.dirname(os.environ["FLATEVAL_AGENT_BIND"].removeprefix("ipc://"))  # its socket's folder
+    for place in (os.environ["HOME"], "/tmp", "/var/tmp", "/dev/shm", link):
         written, error = 0, None
         try:
             with open(os.path.join(place, CONFIG["token"] + ".bin"), "wb") as fh:
@@ -148,7 +149,7 @@ def disk():
                     written += 1 << 20
         except OSError as exc:
             error = errno.errorcode.get(exc.errno, str(exc.errno))
-        out[place if place != os.environ["HOME"] else "home"] = {"mib": written >> 20, "error": error}
+        out[{os.environ["HOME"]: "home", link: "ipc"}.get(place, place)] = {"mib": written >> 20, "error": error}
     found(**out)
 
 
@@ -270,6 +271,20 @@ def test_memory_sizes_parse_and_print():
         with pytest.raises(ValueError):
             parse_memory(bad)
     assert format_cores([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_the_disk_cap_comes_from_the_challenge_unless_the_option_says_otherwise():
+    from core.challenge import ChallengeError, load_challenge, parse_challenge
+
+    assert SandboxSpec().disk_bytes == 2 * 2**30 == SandboxSpec.from_options().disk_bytes
+    assert load_challenge(None).phase(None).agent_resources.disk == "2Gi"
+    phase = parse_challenge({"name": "x", "phases": {"a": {"agent_resources": {"disk": "512Mi"}}}}, "c.yaml").phase("a")
+    assert SandboxSpec.from_options(resources=phase.agent_resources).disk_bytes == 512 * 2**20
+    assert SandboxSpec.from_options(resources=phase.agent_resources, disk="64Mi").disk_bytes == 64 * 2**20
+    with pytest.raises(ValueError, match="^--agent-disk: '1k' is too little disk for any agent"):
+        SandboxSpec.from_options(disk="1k")
+    with pytest.raises(ChallengeError, match="agent_resources.disk: expected a size"):
+        parse_challenge({"name": "x", "phases": {"a": {"agent_resources": {"disk": "lots"}}}}, "c.yaml")
 
 
 def test_agents_get_their_own_cores_while_there_are_enough():
@@ -626,13 +641,13 @@ def test_the_agents_disk_is_its_own_capped_and_gone_when_it_stops(hostile_run, f
     require(hostile_run["report"], "disk")
     assert hostile_run["report"].on["disk"].startswith(f"{format_bytes(parse_memory(DISK))} (home, /tmp, /var/tmp")
     seen = findings(hostile_run["episodes"][11])
-    assert set(seen) == {"home", "/tmp", "/var/tmp", "/dev/shm"}, seen
+    assert set(seen) == {"home", "/tmp", "/var/tmp", "/dev/shm", "ipc"}, seen
     assert all(result["error"] in ("ENOSPC", "EDQUOT") for result in seen.values()), seen
     written = sum(result["mib"] for result in seen.values())
     assert parse_memory(DISK) // 2 <= written << 20 <= parse_memory(DISK), seen
     assert hostile_run["left"] == []  # neither in the host's places nor in its directory, nor the other agent's
     assert hostile_run["episodes"][12]["outcome"] == "completed"
-    fault_report(f"agent writes past --agent-disk {DISK} in its home, /tmp, /var/tmp and /dev/shm",
+    fault_report(f"agent writes past --agent-disk {DISK} in its home, /tmp, /var/tmp, /dev/shm and its socket's folder",
                  f"{written} MiB written in all, then ENOSPC in each place (one tmpfs of its own); the host's /tmp and "
                  "/var/tmp untouched, nothing left once it stopped; the next episode scores normally", None)
 

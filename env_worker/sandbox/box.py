@@ -258,6 +258,9 @@ class Sandbox:
         if problem:
             raise SandboxError(problem)
         self._fresh_home()
+        socket_link = self.dir / "ipc" / "agent.sock"
+        if socket_link.is_symlink():  # the last start's, into a namespace that is gone
+            socket_link.unlink()
         report = Report()
         self._limits(report)
         env = sandboxed_environment(bind, str(self.home), len(self.cores), curve_secret)
@@ -289,6 +292,8 @@ class Sandbox:
             process.wait()
             self.stopped()
             raise SandboxError(launched.get("error") or "the sandbox launcher exited before starting the agent")
+        if "disk" in launched["on"]:  # its socket is on its disk, in its mount namespace: reach it there
+            socket_link.symlink_to(f"/proc/{process.pid}/root{socket_link}")
         self.report = self._compose(report, launched["on"], launched["off"])
         return process
 

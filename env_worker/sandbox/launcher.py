@@ -274,7 +274,8 @@ def _make_path(path: str, is_dir: bool) -> None:
 
 
 def private_disk(config: dict) -> None:
-    """One tmpfs of ``disk`` bytes, the agent's whole writable space: its home and the machine's
+    """One tmpfs of ``disk`` bytes, the agent's whole writable space: its home, its link's folder
+    (``own_dir/ipc``: the worker reaches the socket through /proc/<launcher>/root) and the machine's
     /tmp, /var/tmp and /dev/shm are each a folder of it, bind-mounted over the place, so one cap
     covers them all; its pages are charged to the agent's memory cgroup; it lives in the agent's
     mount namespace only and is gone with it. Made at ``own_dir/disk`` (hidden once /tmp is
@@ -285,11 +286,12 @@ def private_disk(config: dict) -> None:
     _mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={size},nr_inodes={max(4096, size // 16384)},mode=0700")
     folders = {}
-    for name, mode in (("home", 0o700), ("home/tmp", 0o700), ("tmp", 0o1777), ("var_tmp", 0o1777), ("shm", 0o1777)):
+    for name, mode in (("home", 0o700), ("home/tmp", 0o700), ("ipc", 0o700), ("tmp", 0o1777), ("var_tmp", 0o1777),
+                       ("shm", 0o1777)):
         path = os.path.join(staging, name)
         os.mkdir(path)
         os.chmod(path, mode)  # past the umask
-        if uid is not None and name.startswith("home"):
+        if uid is not None and mode == 0o700:
             os.chown(path, uid, gid)
         folders[name] = os.open(path, os.O_PATH)
     keep = [config["own_dir"], *(config.get("keep") or [])]
@@ -310,6 +312,7 @@ def private_disk(config: dict) -> None:
             # its own directory alone (its disk stays hidden), the rest with what is hidden inside
             _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | (0 if path == config["own_dir"] else MS_REC))
         _mount(f"/proc/self/fd/{folders['home']}", config["home"], None, MS_BIND)
+        _mount(f"/proc/self/fd/{folders['ipc']}", os.path.join(config["own_dir"], "ipc"), None, MS_BIND)
     finally:
         for fd in (*folders.values(), *kept.values()):
             os.close(fd)
