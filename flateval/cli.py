@@ -144,16 +144,18 @@ def _refuse_unfenced_image(image: str | None, no_sandbox: bool) -> None:
         raise CliError("--agent-image runs the agent fenced in its container: --no-sandbox does not apply")
 
 
-def _check_agent_image(image: str | None, no_sandbox: bool) -> None:
-    """Before anything starts: an engine, the image on it, and what flateval brings into it (prepared
-    once per machine); each failure one line."""
+def _check_agent_image(image: str | None, no_sandbox: bool, check_image: bool = True) -> None:
+    """Before anything starts: an engine, the image on it (unless not `check_image`: not known yet), and
+    what flateval brings into it (prepared once per machine); each failure one line."""
     if not image:
         return
     _refuse_unfenced_image(image, no_sandbox)
     from env_worker.container import BridgeDepsError, EngineError, bridge_deps_dir, find_engine
 
     try:
-        find_engine().image(image)
+        engine = find_engine()
+        if check_image:
+            engine.image(image)
         bridge_deps_dir(log=lambda line: click.echo(f"flateval: {line}", err=True))
     except (EngineError, BridgeDepsError) as exc:
         raise CliError(str(exc)) from None
@@ -800,6 +802,84 @@ def _write_report(documents: list[dict[str, Any]], folders: list[Path], output: 
     except ReportError as exc:
         raise CliError(str(exc)) from None
     click.echo(f"report written to {output}", err=True)
+
+
+# --------------------------------------------------------------------------------------- fab-worker
+@main.command("fab-worker")
+@click.option("--broker", "broker_url", envvar="BROKER_URL", required=True, metavar="URL",
+              help="FAB's Celery broker, e.g. amqps://USER:PASS@HOST:5671// (env: BROKER_URL).")
+@click.option("--backend", "backend_url", envvar="BACKEND_URL", metavar="URL",
+              help="Celery result backend, as FAB's orchestrator: rpc:// (env: BACKEND_URL).")
+@click.option("--benchmark-id", envvar="BENCHMARK_ID", required=True,
+              help="The benchmark's id: the task name and the queue FAB sends its submissions to (env: BENCHMARK_ID).")
+@click.option("--keyfile", envvar="RABBITMQ_KEYFILE", type=click.Path(dir_okay=False),
+              help="TLS client key for the broker (env: RABBITMQ_KEYFILE).")
+@click.option("--certfile", envvar="RABBITMQ_CERTFILE", type=click.Path(dir_okay=False),
+              help="TLS client certificate (env: RABBITMQ_CERTFILE).")
+@click.option("--ca-certs", envvar="RABBITMQ_CA_CERTS", type=click.Path(dir_okay=False),
+              help="CA certificates the broker's certificate must chain to (env: RABBITMQ_CA_CERTS).")
+@click.option("--fab-api-url", envvar="FAB_API_URL", required=True, help="FAB's backend API (env: FAB_API_URL).")
+@click.option("--client-id", envvar="CLIENT_ID", required=True, help="OAuth client id (env: CLIENT_ID).")
+@click.option("--token-url", envvar="TOKEN_URL", required=True,
+              help="OAuth token endpoint (Keycloak's), client-credentials grant (env: TOKEN_URL).")
+@click.option("--test-set", required=True, type=click.Path(file_okay=False, exists=True),
+              help="The benchmark's scenario files (e.g. level_<i>/level_<i>_scenario_<j>.pkl).")
+@click.option("--scenarios", default="ecml2026", show_default=True,
+              help="Which env file each FAB scenario id plays: a bundled table (ecml2026) or a JSON file "
+                   "(docs/fab.md).")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="Where the recordings go, in FAB's layout: DIR/<submission id>/<test id>/<scenario id>/.")
+@click.option("--challenge", help="Challenge YAML file or bundled name (default: ecml2026).")
+@click.option("--phase", help="Phase of the challenge.")
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+              help="Worker+agent pairs: scenarios evaluated at once.")
+@click.option("--agent-command",
+              help="Run this local command as every submission's agent instead of its image (a host without a "
+                   "container engine; testing).")
+@click.option("--percentage-complete-threshold", envvar="PERCENTAGE_COMPLETE_THRESHOLD", type=float,
+              help="Stop after a test whose mean completion is under this (env: PERCENTAGE_COMPLETE_THRESHOLD; "
+                   "default: the challenge's gate).")
+@click.option("--running-time-limit", envvar="RUNNING_TIME_LIMIT", type=float,
+              help="Seconds one scenario may run (env: RUNNING_TIME_LIMIT; default: the challenge's).")
+@click.option("--total-running-time-limit", envvar="TOTAL_RUNNING_TIME_LIMIT", type=float,
+              help="Seconds the whole evaluation may run (env: TOTAL_RUNNING_TIME_LIMIT; default: the challenge's).")
+@click.option("--hostname", help="Celery worker name (default: flateval-fab-<pid>@<host>).")
+@click.option("--no-sandbox", is_flag=True, help="Run agents as plain child processes (debugging only).")
+def fab_worker(broker_url: str, backend_url: str | None, benchmark_id: str, keyfile: str | None,
+               certfile: str | None, ca_certs: str | None, fab_api_url: str, client_id: str, token_url: str,
+               test_set: str, scenarios: str, data_dir: str, challenge: str | None, phase: str | None, workers: int,
+               agent_command: str | None, percentage_complete_threshold: float | None,
+               running_time_limit: float | None, total_running_time_limit: float | None, hostname: str | None,
+               no_sandbox: bool) -> None:
+    """Evaluate the submissions of a flatland-benchmarks (FAB) benchmark queue: FAB's Celery task in,
+    FAB's statuses and scores out (docs/fab.md). The OAuth client secret is read from $CLIENT_SECRET."""
+    import logging
+
+    from core.challenge import ChallengeError, load_challenge
+    from core.fab_scenarios import FabScenariosError, load_fab_scenarios
+    from flateval.fab_api import FabApi
+    from flateval.fab_orchestrator import DEFAULT_CHALLENGE, FabHost, FabOrchestrator
+    from flateval.fab_worker import BrokerSettings, run_worker
+
+    secret = os.environ.get("CLIENT_SECRET")
+    if not secret:
+        raise CliError("set CLIENT_SECRET (the OAuth client's secret; never on a command line)")
+    try:
+        table = load_fab_scenarios(scenarios)
+        load_challenge(challenge or DEFAULT_CHALLENGE)
+    except (FabScenariosError, ChallengeError) as exc:
+        raise CliError(str(exc)) from None
+    if not agent_command:  # every submission is an image: an engine, before any task is taken
+        _check_agent_image("the submissions' images", no_sandbox, check_image=False)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = FabHost(test_set=test_set, scenarios=table, data_dir=str(Path(data_dir).resolve()),
+                   challenge=challenge or DEFAULT_CHALLENGE, phase=phase, workers=workers, agent_command=agent_command,
+                   percentage_complete_threshold=percentage_complete_threshold,
+                   running_time_limit=running_time_limit, total_running_time_limit=total_running_time_limit,
+                   sandbox=not no_sandbox)
+    broker = BrokerSettings(broker_url=broker_url, benchmark_id=benchmark_id, backend_url=backend_url,
+                            keyfile=keyfile, certfile=certfile, ca_certs=ca_certs)
+    run_worker(broker, FabOrchestrator(host, FabApi(fab_api_url, client_id, secret, token_url)), hostname=hostname)
 
 
 # --------------------------------------------------------------------------------------- test sets
