@@ -10,6 +10,7 @@ from rich.table import Table
 
 from broker.store import CANCELLED, FAILED, TERMINAL, Submission
 from core.outcomes import AGENT_ERROR, ENV_ERROR, TIMEOUT
+from core.settings import FAB_AGGREGATION
 from scoring.aggregate import primary_score
 from scoring.export import episodes_played
 
@@ -102,9 +103,12 @@ def print_score(document: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
 
-    table.add_row("mean normalized return", fmt(score.get("mean_normalized_return")))
+    fab = score.get("aggregation") == FAB_AGGREGATION  # FAB's names: the sum, and the mean of the tests' means
+    table.add_row("normalized_reward (FAB: sum)" if fab else "mean normalized return",
+                  fmt(score.get("mean_normalized_return")))
     if (document.get("settings") or {}).get("env", "flatland") == "flatland":
-        table.add_row("mean percentage complete", fmt(score.get("mean_percentage_complete")))
+        table.add_row("percentage_complete (FAB: mean of tests)" if fab else "mean percentage complete",
+                      fmt(score.get("mean_percentage_complete")))
     else:  # gymnasium: no completion; the mean raw return (the primary may be normalized)
         table.add_row("mean return", fmt(score.get("mean_return")))
     table.add_row("episodes", episodes_played(document))

@@ -195,8 +195,9 @@ def _limits(sub: Submission) -> str:
     settings = sub.settings
     facts = [
         ("Phase", sub.phase),
-        ("Planning limit", _secs(settings.get("planning_timeout_s"))),
-        ("Step limit", _secs(settings.get("step_timeout_s"))),
+        ("Planning limit", _deadline(settings, "planning_timeout_s")),
+        ("Step limit", _deadline(settings, "step_timeout_s")),
+        ("Episode limit", _secs(settings.get("episode_timeout_s"))),
         ("Overall limit", _secs(settings.get("overall_s"))),
         ("Challenge", sub.document.get("challenge")),
         ("Environment", sub.env),
@@ -486,6 +487,11 @@ def _clean(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------- small helpers
+def _deadline(settings: dict, key: str) -> str | None:
+    """A deadline the episodes ran under; "none" where the challenge set none (FAB's behaviour)."""
+    return "none" if key in settings and settings[key] is None else _secs(settings.get(key))
+
+
 def _secs(value: Any) -> str | None:
     value = number(value)
     return seconds(value) if value is not None else None

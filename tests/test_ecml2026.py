@@ -201,6 +201,7 @@ def test_scores_equal_fabs_own_path(ecml_set, fab_dir, tmp_path):
     done = flateval("run", "--agent", agent, "--test-set", str(ecml_set), "--challenge", "ecml2026", "--phase", "fab",
                     "--workers", "2", "--output", str(out), "--record", str(record))
     assert done.returncode == 0, done.stderr
+    assert "normalized_reward (FAB: sum)" in done.stdout and "percentage_complete (FAB: mean of tests)" in done.stdout
     document = json.loads(out.read_text())
     assert document["status"] == "finished" and len(document["episodes"]) == 6, document.get("stopped_by")
     by_file = {e["env_file"]: e for e in document["episodes"]}
@@ -216,6 +217,9 @@ def test_scores_equal_fabs_own_path(ecml_set, fab_dir, tmp_path):
     assert set(fab["tests"]) == {"level_0", "level_1", "level_2"}
     assert document["score"]["mean_normalized_return"] == pytest.approx(
         sum(e["normalized_return"] for e in document["episodes"]), abs=1e-12)
+    page = tmp_path / "report.html"
+    assert flateval("report", str(out), "--output", str(page)).returncode == 0
+    assert "<dt>Step limit</dt><dd>none" in page.read_text() and "<dt>Episode limit</dt><dd>30 min" in page.read_text()
     exported = flateval("export", str(out), "--format", "fab")
     assert exported.returncode == 0, exported.stderr
     assert json.loads(exported.stdout)["level_2"]["data"][0]["scenario_id"] == "level_2_scenario_1"
