@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Mapping, Protocol
@@ -20,6 +22,26 @@ CURVE_SECRET_ENV = "FLATEVAL_CURVE_SECRET_KEY"
 SPIN_ENV = "FLATEVAL_SPIN_US"
 """Microseconds to busy-wait for the next request after replying (0: block at once). Set by
 `flateval run` when every process of a pair has a core of its own."""
+
+
+class Terminated(BaseException):
+    """SIGTERM reached `serve`: the evaluator or the engine (`docker stop`) ends the agent. A
+    BaseException, so a policy's own ``except Exception`` cannot swallow it."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end `serve` at once. An agent that is a container's PID 1 would otherwise ignore
+    it (the kernel drops signals that PID 1 has no handler for) and `docker stop` would wait its
+    whole timeout. Left alone when the process already handles SIGTERM or this is not the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 class Policy(Protocol):
@@ -146,8 +168,10 @@ def serve(
 
     `endpoint` defaults to ``$FLATEVAL_AGENT_BIND``, then ``tcp://*:8086``. An exception in the
     policy is sent back as an ``error`` reply (the env side scores that episode as an agent error)
-    and the agent keeps serving. `max_requests` stops after that many requests (for tests).
+    and the agent keeps serving. `max_requests` stops after that many requests (for tests). SIGTERM
+    (and Ctrl-C) end it at once, PID 1 in a container or not.
     """
+    stop_on_sigterm()
     _import_numpy()
     if spin_s is None:
         spin_s = float(os.environ.get(SPIN_ENV, "0") or 0) / 1e6
@@ -173,8 +197,8 @@ def serve(
             sock.send(out, copy=True)
             if spin_s:
                 spin_until_readable(sock, time.perf_counter() + spin_s)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, Terminated) as stop:
+        log("stopping: " + ("SIGTERM" if isinstance(stop, Terminated) else "interrupted"))
     finally:
         sock.close(linger=0)
 
