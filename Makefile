@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 AGENT  ?= $(BIN)/python -m agent_bridge.examples.shortest_path
 
-.PHONY: run test bench install clean
+.PHONY: run test test-containers bench install clean
 
 $(BIN)/flateval: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q --ignore=tests/test_faults.py
 	$(BIN)/python -m pytest -q tests/test_faults.py
+
+# Only the tests that need a real container engine (docs/deploy.md): images, the compose cluster.
+test-containers: install
+	$(BIN)/python -m pytest -q -m container
 
 bench: install
 	$(BIN)/python benchmarks/episode_overhead.py

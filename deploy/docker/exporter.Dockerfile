@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1
 # The exporter: `flateval exporter`, Redis-derived metrics (queues, workers, submissions) on :9108.
 # Small on purpose: no Flatland, no numpy, only click + redis + rq + prometheus-client. Build from the
 # repository root:
 #   docker build -f deploy/docker/exporter.Dockerfile -t flateval/exporter:0.1.0 .
 
-FROM python:3.11.9-slim-bookworm AS build
+# The base: today's python image, or the one deploy/docker/base-image.sh builds from Debian's archive
+# where no registry can be reached (--build-arg BASE_IMAGE=..., compose: FLATEVAL_BASE_IMAGE).
+ARG BASE_IMAGE=python:3.11.9-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -24,7 +26,7 @@ RUN /opt/flateval/bin/pip install --no-cache-dir --no-deps . \
     && rm -rf /opt/flateval/lib/python3.11/site-packages/flateval/data \
     && find /opt/flateval -name '__pycache__' -type d -prune -exec rm -rf {} +
 
-FROM python:3.11.9-slim-bookworm
+FROM ${BASE_IMAGE}
 RUN groupadd --system --gid 10001 flateval \
     && useradd --system --uid 10001 --gid flateval --no-create-home --home-dir /tmp --shell /usr/sbin/nologin flateval
 COPY --from=build /opt/flateval /opt/flateval

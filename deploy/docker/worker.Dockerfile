@@ -1,11 +1,13 @@
-# syntax=docker/dockerfile:1
 # The env worker: `flateval worker`, an RQ worker paired with one agent (it also runs `flateval submit`,
 # `status`, `results`, `cancel`). Build from the repository root:
 #   docker build -f deploy/docker/worker.Dockerfile -t flateval/worker:0.1.0 .
 # Base images are pinned by tag; for byte-for-byte reproducible builds pin the digest too
 # (python:3.11.9-slim-bookworm@sha256:...).
 
-FROM python:3.11.9-slim-bookworm AS build
+# The base: today's python image, or the one deploy/docker/base-image.sh builds from Debian's archive
+# where no registry can be reached (--build-arg BASE_IMAGE=..., compose: FLATEVAL_BASE_IMAGE).
+ARG BASE_IMAGE=python:3.11.9-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -24,7 +26,7 @@ COPY report ./report
 RUN /opt/flateval/bin/pip install --no-cache-dir --no-deps . \
     && find /opt/flateval -name '__pycache__' -type d -prune -exec rm -rf {} +
 
-FROM python:3.11.9-slim-bookworm
+FROM ${BASE_IMAGE}
 # A fixed numeric uid/gid: Kubernetes' runAsNonRoot can only verify a numeric USER.
 RUN groupadd --system --gid 10001 flateval \
     && useradd --system --uid 10001 --gid flateval --no-create-home --home-dir /tmp --shell /usr/sbin/nologin flateval
