@@ -10,8 +10,9 @@ ECML 2026 plays scenarios as saved), and an episode whose recorded initial state
 reference is named, with the parts that differ (``agents``, ``grid``, ``np_random_state``, ...).
 
 FAB's layout: ``<test_id>/<scenario_id>/event_logs/*.tsv`` and
-``<test_id>/<scenario_id>/serialised_state/<scenario_id>.pkl``; each scenario id is matched to the
-test set's (`broker.test_set`: ``level_0_scenario_1``, ``Test_1_Level_0``). flateval's own recordings
+``<test_id>/<scenario_id>/serialised_state/<scenario_id>.pkl``; each scenario id is matched to its
+env file by FAB's scenario table (`core.fab_scenarios`: FAB's uuids), else to the test set's own ids
+(`broker.test_set`: ``level_0_scenario_1``, ``Test_1_Level_0``). flateval's own recordings
 (`env_worker.record_folder`) get the same initial-state check against the env file their manifest
 names, before their usual verification.
 """
@@ -26,7 +27,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from broker.test_set import EnvFile
 from core.challenge import Challenge
@@ -83,8 +84,12 @@ def fab_scenarios(root: Path) -> list[FabScenario]:
     return found
 
 
-def reference_of(scenario_id: str, test_id: str | None, env_files: list[EnvFile]) -> EnvFile | None:
-    """The test set's scenario with this id (and test id, when the test set's folder is named so)."""
+def reference_of(scenario_id: str, test_id: str | None, env_files: list[EnvFile],
+                 table: Mapping[str, str] | None = None) -> EnvFile | None:
+    """The test set's scenario with this id: the env file FAB's scenario table names for it (its uuid,
+    `core.fab_scenarios`), else the test set's own scenario id (and test id, when its folder is so named)."""
+    if table and scenario_id in table:
+        return next((f for f in env_files if f.env_file == table[scenario_id]), None)
     matches = [f for f in env_files if f.scenario_id == scenario_id]
     same_test = [f for f in matches if f.test_id == test_id]
     return (same_test or matches or [None])[0]

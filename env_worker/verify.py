@@ -241,12 +241,15 @@ def _check_initial_state(recorded: Path, reference: EnvFile, rules: ref.EnvRules
 
 # ------------------------------------------------------------------------------- FAB's layout
 
-def verify_fab(root: Path, env_files: Sequence[EnvFile], rules: ref.EnvRules, workers: int = 1) -> list[Verdict]:
+def verify_fab(root: Path, env_files: Sequence[EnvFile], rules: ref.EnvRules, workers: int = 1,
+               table: dict[str, str] | None = None) -> list[Verdict]:
     """Every scenario of a FAB data dir (`ref.fab_scenarios`), re-played from the test set's scenario
     file: its initial state compared, then flatland's `TrajectoryEvaluator` on the reference env with
     the recorded actions (positions, rewards, dones at every step), and FAB's scores re-computed
-    (``normalized_reward``: flatland's `Rewards.normalize`; ``percentage_complete``: the arrivals)."""
-    jobs = [(s, ref.reference_of(s.scenario_id, s.test_id, list(env_files)), rules) for s in ref.fab_scenarios(root)]
+    (``normalized_reward``: flatland's `Rewards.normalize`; ``percentage_complete``: the arrivals).
+    `table` maps FAB's scenario ids (uuids) to the test set's env files (`core.fab_scenarios`)."""
+    jobs = [(s, ref.reference_of(s.scenario_id, s.test_id, list(env_files), table), rules)
+            for s in ref.fab_scenarios(root)]
     return _each(_verify_fab_scenario, jobs, workers)
 
 

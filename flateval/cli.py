@@ -603,7 +603,10 @@ def export(results_file: str, fmt: str, output: str | None, split: str | None) -
               "is checked against its scenario file, and a FAB data dir (<test_id>/<scenario_id>/) re-played from it.")
 @click.option("--challenge", help="With a FAB data dir: the challenge whose rewards and reset make each scenario's "
                                   "env (default: ecml2026).")
-def verify(target: str, workers: int, test_set: str | None, challenge: str | None) -> None:
+@click.option("--scenarios", default="ecml2026", show_default=True,
+              help="With a FAB data dir: which env file each FAB scenario id (uuid) plays, as fab-worker's --scenarios; "
+                   "ids it does not name are the test set's own (level_0_scenario_1).")
+def verify(target: str, workers: int, test_set: str | None, challenge: str | None, scenarios: str) -> None:
     """Re-play every recorded episode (DIR, or a RESULTS.json) and check it against its recording and its
     score; with --test-set, against the test set's scenario files too, and a FAB data dir
     (<test_id>/<scenario_id>/event_logs, serialised_state) re-played from them; exits non-zero with one line
@@ -612,6 +615,7 @@ def verify(target: str, workers: int, test_set: str | None, challenge: str | Non
 
     from broker.test_set import TestSetError, discover
     from core.challenge import ChallengeError, load_challenge
+    from core.fab_scenarios import FabScenariosError, load_fab_scenarios
     from env_worker.reference_check import EnvRules, is_fab_layout
     from env_worker.verify import VerifyError, targets_from, verify_all, verify_fab, with_references
     from flateval.audit_report import failure_lines, print_verdicts
@@ -619,8 +623,10 @@ def verify(target: str, workers: int, test_set: str | None, challenge: str | Non
     try:
         env_files = discover(test_set) if test_set else None
         if env_files is not None and Path(target).is_dir() and is_fab_layout(Path(target)):
+            table = {sid: env_file for tests in load_fab_scenarios(scenarios).tests.values()
+                     for sid, env_file in tests.items()}
             verdicts = verify_fab(Path(target), env_files, EnvRules.of(load_challenge(challenge or "ecml2026")),
-                                  workers)
+                                  workers, table)
         else:
             if Path(target).is_dir() and is_fab_layout(Path(target)):
                 raise CliError(f"{target} is a FAB data dir (<test_id>/<scenario_id>/): give --test-set, the test set "
@@ -635,7 +641,7 @@ def verify(target: str, workers: int, test_set: str | None, challenge: str | Non
                 click.echo(f"flateval: {target}: {unscored}; checking the {len(targets)} episodes that finished",
                            err=True)
             verdicts = verify_all(with_references(targets, env_files) if env_files else targets, workers)
-    except (VerifyError, TestSetError, ChallengeError) as exc:
+    except (VerifyError, TestSetError, ChallengeError, FabScenariosError) as exc:
         raise CliError(str(exc)) from None
     print_verdicts(verdicts)
     failed = failure_lines(verdicts)

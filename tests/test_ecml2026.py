@@ -153,11 +153,16 @@ FAB_SCENARIOS = ("level_0/level_0_scenario_1.pkl", "level_2/level_2_scenario_1.p
 SWAPPED = "level_1/level_1_scenario_1.pkl"  # a submission that plays level_0_scenario_2 under this id
 
 
-def fab_run(ecml_set: Path, env_file: str, out: Path, played: str | None = None) -> Path:
+UUIDS = ("39ae35d8-4b0f-467f-9ec4-ee19c3558c7f", "1ee01690-3671-4bad-a8c6-52499e491a34")
+"""FAB's ECML 2026 ids of test level_0 and of its scenario level_0_scenario_2 (FAB's orchestrator's tables)."""
+
+
+def fab_run(ecml_set: Path, env_file: str, out: Path, played: str | None = None,
+            ids: tuple[str, str] | None = None) -> Path:
     """One scenario as FAB runs it: `flatland-trajectory-generate-from-policy --data-dir
     <test_id>/<scenario_id> --env-path ... --ep-id <scenario_id>` in the submission's image (here:
     `played` instead of the scenario FAB gave, as a cheating image could)."""
-    test_id, scenario_id = env_file.removesuffix(".pkl").split("/")
+    test_id, scenario_id = ids or env_file.removesuffix(".pkl").split("/")
     data_dir = out / test_id / scenario_id
     data_dir.mkdir(parents=True)
     runner = Path(sys.executable).parent / "flatland-trajectory-generate-from-policy"
@@ -192,6 +197,7 @@ def fab_dir(ecml_set, tmp_path_factory) -> Path:
     for env_file in FAB_SCENARIOS:
         fab_run(ecml_set, env_file, out)
     fab_run(ecml_set, SWAPPED, out, played="level_0/level_0_scenario_2.pkl")
+    fab_run(ecml_set, "level_0/level_0_scenario_2.pkl", out, ids=UUIDS)  # as FAB names its folders
     return out
 
 
@@ -234,7 +240,7 @@ def test_verify_replays_a_fab_data_dir_from_the_test_sets_scenarios(ecml_set, fa
     fab_scores(swapped)  # FAB's own check passes: it replays the state the submission wrote
     done = flateval("verify", str(fab_dir), "--test-set", str(ecml_set), "--workers", "2")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "2/3 verified" in done.stdout
+    assert "3/4 verified" in done.stdout and "/".join(UUIDS) in done.stdout  # FAB's ids: the bundled table
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("flateval: level_1/level_1_scenario_1: tampered: its recorded initial state differs from "
                            "the test set's level_1/level_1_scenario_1.pkl (agents, "), line
