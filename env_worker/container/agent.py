@@ -86,8 +86,9 @@ class AgentContainer(AgentProcess):
         self.name = ""
         self.cgroup: cgroups.AgentCgroup | None = None  # a view of the engine's cgroups, once it answered
         self._watch = BreachWatch(sandbox)
-        super().__init__(f"image {image} " + (f"with {command}" if command else "(its own command)"), log_path, bind=f"ipc://{LINK_DIR}/agent.sock",
-                         connect=f"ipc://{link}/agent.sock", curve=curve, pidfile=pidfile)
+        described = f"image {image} " + (f"with {command}" if command else "(its own command)")
+        super().__init__(described, log_path, bind=f"ipc://{LINK_DIR}/agent.sock", connect=f"ipc://{link}/agent.sock",
+                         curve=curve, pidfile=pidfile)
 
     # ------------------------------------------------------------------------ start
 
