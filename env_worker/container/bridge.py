@@ -87,8 +87,9 @@ def _download(into: Path, log) -> Path:
         done = subprocess.run([*args, *PINS], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")] or done.stderr.splitlines()
+            why = errors[-1].strip() if errors else "pip failed"
             raise BridgeDepsError(
-                f"cannot fetch {' '.join(PINS)} for Python {version} from PyPI ({errors[-1].strip() if errors else 'pip failed'}); "
+                f"cannot fetch {' '.join(PINS)} for Python {version} from PyPI ({why}); "
                 f"offline, fetch them elsewhere with `pip download --only-binary=:all: --python-version {version} "
                 f"--platform {_platforms()[0]} {' '.join(PINS)} -d DIR` (each version) and set {WHEELS_ENV}=DIR")
     return into
