@@ -36,6 +36,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,13 +62,8 @@ class Fault:
 
 
 @dataclass
-class SoakReport:
-    seed: int
-    episodes: int
-    pairs: int
-    faults: list[Fault] = field(default_factory=list)
-    agent_faults: dict[str, list] = field(default_factory=dict)
-    wall_s: float = 0.0
+class Comparison:
+    """An evaluation's results document against stepping every env directly."""
     results: int = 0
     lost: list[str] = field(default_factory=list)
     double_counted: list[str] = field(default_factory=list)
@@ -75,7 +71,21 @@ class SoakReport:
 
     @property
     def ok(self) -> bool:
-        return self.results == self.episodes and not (self.lost or self.double_counted or self.wrong) \
+        return not (self.lost or self.double_counted or self.wrong)
+
+
+@dataclass(kw_only=True)
+class SoakReport(Comparison):
+    seed: int
+    episodes: int
+    pairs: int
+    faults: list[Fault] = field(default_factory=list)
+    agent_faults: dict[str, list] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.results == self.episodes and super().ok \
             and all(f.recovered_s is not None for f in self.faults if f.injected)
 
 
@@ -162,7 +172,7 @@ def run_soak(seed: int, episodes: int, pairs: int, sources: Path, process_faults
     layout = copies_test_set(work / "tests", sources, episodes)
     process_faults = max(3, episodes // 15) if process_faults is None else process_faults
     agent_faults, faults = draw_schedule(rng, sorted(layout), pairs, process_faults)
-    report = SoakReport(seed, episodes, pairs, faults, agent_faults)
+    report = SoakReport(seed=seed, episodes=episodes, pairs=pairs, faults=faults, agent_faults=agent_faults)
     port = free_port()
     server = start_redis(port=port, appendonly=True, directory=str(work / "redis"))
     out = work / "results.json"
@@ -174,9 +184,9 @@ def run_soak(seed: int, episodes: int, pairs: int, sources: Path, process_faults
     started = time.monotonic()
     try:
         conn = redis.Redis.from_url(server.url)
-        sid = _wait(lambda: _first(conn.zrange(store.SUBMISSIONS, 0, -1)), 120, "the submission")
-        specs = _wait(lambda: _queued_specs(conn, sid), 60, "the queued episodes")
-        _wait(lambda: store.count_results(conn, sid), 120, "a first result")
+        sid = wait_until(lambda: _first(conn.zrange(store.SUBMISSIONS, 0, -1)), 120, "the submission")
+        specs = wait_until(lambda: _queued_specs(conn, sid), 60, "the queued episodes")
+        wait_until(lambda: store.count_results(conn, sid), 120, "a first result")
         report.wall_s = time.monotonic()
         server = _inject(faults, conn, sid, specs, server, run, rng)
         _, stderr = run.communicate(timeout=max(1.0, timeout_s - (time.monotonic() - started)))
@@ -199,7 +209,7 @@ def _inject(faults: list[Fault], conn: redis.Redis, sid: str, specs: list[dict],
     """Play the schedule against the running evaluation; each fault's time to recover is measured as
     it happens. Returns the Redis server (a new process after a restart)."""
     for fault in faults:
-        _wait(lambda: store.count_results(conn, sid) >= fault.after_results or run.poll() is not None, 300,
+        wait_until(lambda: store.count_results(conn, sid) >= fault.after_results or run.poll() is not None, 300,
               f"{fault.after_results} results")
         if run.poll() is not None:
             return server  # the evaluation ended before the rest of the schedule
@@ -226,10 +236,10 @@ def _kill_worker(conn: redis.Redis, sid: str, pair: str, run: subprocess.Popen) 
         return 0.0
     indices = [job.rsplit("-", 1)[1] for job in held]
     if indices:  # recovered when the episode it held is stored
-        _wait(lambda: all(conn.hexists(store.results_key(sid), i) for i in indices) or run.poll() is not None,
+        wait_until(lambda: all(conn.hexists(store.results_key(sid), i) for i in indices) or run.poll() is not None,
               120, f"the episode {pair}'s worker held")
     else:  # it was idle: recovered when the pair is back
-        _wait(lambda: worker_pid(pair, sid) not in (None, pid) or run.poll() is not None, 120, f"{pair} respawned")
+        wait_until(lambda: worker_pid(pair, sid) not in (None, pid) or run.poll() is not None, 120, f"{pair} respawned")
     return time.monotonic() - killed
 
 
@@ -238,7 +248,7 @@ def _restart_redis(conn: redis.Redis, sid: str, server: RedisServer, run: subpro
     stopped = time.monotonic()
     server.stop(keep_data=True)
     server = start_redis(port=server.port, appendonly=True, directory=server.directory)
-    _wait(lambda: store.count_results(conn, sid) > stored or run.poll() is not None, 120, "a result after the restart")
+    wait_until(lambda: store.count_results(conn, sid) > stored or run.poll() is not None, 120, "a result after the restart")
     return server, time.monotonic() - stopped
 
 
@@ -250,30 +260,41 @@ def _duplicate(conn: redis.Redis, sid: str, specs: list[dict], rng: random.Rando
     job_id = f"{store.episode_job_id(sid, spec['index'])}-again"
     sent = time.monotonic()
     store.submission_queue(conn, sid).enqueue(JOB_FUNCTION, spec, job_id=job_id, result_ttl=0, at_front=True)
-    _wait(lambda: not conn.exists(f"rq:job:{job_id}") or store.get_status(conn, sid) in store.TERMINAL, 120,
+    wait_until(lambda: not conn.exists(f"rq:job:{job_id}") or store.get_status(conn, sid) in store.TERMINAL, 120,
           "the duplicate to be played")
     return time.monotonic() - sent, spec["env_file"]
 
 
-def _check(report: SoakReport, document: dict, layout: dict[str, Path], direct: dict[Path, float]) -> None:
+def compare_with_direct(document: dict, layout: dict[str, Path], direct: dict[Path, float],
+                        expected: Callable[[str], str] = lambda name: "completed",
+                        found: Comparison | None = None) -> Comparison:
+    """Every episode of `layout` stored exactly once, with the outcome `expected` names for it, and a
+    completed one scored exactly as stepping its env directly (`direct_scores`); written into
+    `found` when given."""
+    found = found if found is not None else Comparison()
     episodes = document["episodes"]
-    report.results = len(episodes)
+    found.results = len(episodes)
     seen: dict[int, int] = {}
     for episode in episodes:
         seen[episode["index"]] = seen.get(episode["index"], 0) + 1
-    report.double_counted = [str(i) for i, n in seen.items() if n > 1]
+    found.double_counted = [str(i) for i, n in seen.items() if n > 1]
     if document["score"]["episodes"] != len(seen):
-        report.double_counted.append(f"score counts {document['score']['episodes']} episodes, {len(seen)} stored")
+        found.double_counted.append(f"score counts {document['score']['episodes']} episodes, {len(seen)} stored")
     stored = {e["env_file"] for e in episodes}
-    report.lost = sorted(set(layout) - stored)
+    found.lost = sorted(set(layout) - stored)
     for episode in episodes:
         name = episode["env_file"]
-        expected = expected_outcome(report.agent_faults.get(name))
-        if episode["outcome"] != expected:
-            report.wrong.append(f"{name}: {episode['outcome']} ({episode.get('error')}), expected {expected}")
-        elif expected == "completed" and abs(episode["normalized_return"] - direct[layout[name]]) > 1e-9:
-            report.wrong.append(f"{name}: scored {episode['normalized_return']!r}, direct stepping "
-                                f"{direct[layout[name]]!r}")
+        outcome = expected(name)
+        if episode["outcome"] != outcome:
+            found.wrong.append(f"{name}: {episode['outcome']} ({episode.get('error')}), expected {outcome}")
+        elif outcome == "completed" and abs(episode["normalized_return"] - direct[layout[name]]) > 1e-9:
+            found.wrong.append(f"{name}: scored {episode['normalized_return']!r}, direct stepping "
+                               f"{direct[layout[name]]!r}")
+    return found
+
+
+def _check(report: SoakReport, document: dict, layout: dict[str, Path], direct: dict[Path, float]) -> None:
+    compare_with_direct(document, layout, direct, lambda name: expected_outcome(report.agent_faults.get(name)), report)
 
 
 def _leases(conn: redis.Redis) -> dict[str, str]:
@@ -289,7 +310,7 @@ def _first(values: list) -> str | None:
     return values[0].decode() if values else None
 
 
-def _wait(predicate, timeout_s: float, what: str):
+def wait_until(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from core.process_identity import ProcessIdentity
 
@@ -73,18 +74,26 @@ def start_redis(
     appendonly: bool = False,
     directory: str | None = None,
     timeout_s: float = 10.0,
+    launcher: Sequence[str] = (),
+    bind: str = "127.0.0.1",
 ) -> RedisServer:
-    """Start redis-server; on a unix socket unless `port` is given (then on 127.0.0.1:port)."""
+    """Start redis-server; on a unix socket unless `port` is given (then on 127.0.0.1:port).
+
+    `launcher` prefixes its command line (``ip netns exec NS``: a server on a host of its own in a
+    network namespace); it then also listens on `bind`:`port` there, unprotected (only that
+    namespace's links reach it), and its `url` is the unix socket, which we reach from ours."""
     import redis
 
     directory = directory or tempfile.mkdtemp(prefix="flateval-redis-")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
     socket_path = os.path.join(directory, "redis.sock")
-    args = [redis_server_binary(), "--daemonize", "no", "--dir", directory, "--save", "",
-            "--appendonly", "yes" if appendonly else "no", "--bind", "127.0.0.1", "--protected-mode", "yes",
+    unix = port is None or bool(launcher)
+    args = [*launcher, redis_server_binary(), "--daemonize", "no", "--dir", directory, "--save", "",
+            "--appendonly", "yes" if appendonly else "no", "--bind", bind,
+            "--protected-mode", "no" if launcher else "yes",
             "--port", str(port or 0), "--loglevel", "warning", "--logfile", os.path.join(directory, "redis.log")]
-    if port is None:
+    if unix:
         args += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
     if password:
         args += ["--requirepass", password]
@@ -93,7 +102,7 @@ def start_redis(
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     auth = f":{password}@" if password else ""
-    url = f"redis://{auth}127.0.0.1:{port}/0" if port else f"unix://{auth}{socket_path}?db=0"
+    url = f"unix://{auth}{socket_path}?db=0" if unix else f"redis://{auth}127.0.0.1:{port}/0"
     server = RedisServer(process, url, directory, port)
     identity = ProcessIdentity.of(process.pid)
     if identity is not None:
