@@ -16,6 +16,7 @@ import click
 from core import settings as cfg
 from core.episode_spec import EpisodeSpec
 from env_worker.flatland_test_set import PRESETS as TEST_SET_PRESETS, describe_preset  # stdlib only: cheap
+from flateval.stop_signals import StopRequests  # stdlib only
 
 
 class CliError(click.ClickException):
@@ -298,7 +299,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     if not no_sandbox:
         _sandbox_spec(agent_cpus, agent_memory, agent_pids, agent_disk)  # a bad size is one line before anything starts
     _check_agent_image(agent_image, no_sandbox)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stops = StopRequests().install()
     try:
         plan = plan_run(challenge=challenge, phase=phase, test_set=test_set, env=env, episodes=episodes, seed=seed,
                         planning_timeout_s=planning_timeout, step_timeout_s=step_timeout,
@@ -306,32 +307,28 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
         _warn(plan.warnings)
         with ProgressView() as view:
             document = run_local(settings, plan, on_progress=view.update,
-                                 on_notice=lambda line: click.echo(line, err=True))
+                                 on_notice=lambda line: click.echo(line, err=True), hurry=stops.again)
     except RunError as exc:  # failed or stopped: once the submission existed, its results are kept all the same
         if exc.document is not None:
-            _deliver(exc.document, output, plan.template.record_dir, report_file)
+            _deliver(exc.document, output, plan.template.record_dir, report_file, stops)
         raise CliError(str(exc)) from None
     except (TestSetError, ChallengeError, PlanError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:  # before the submission existed
         raise CliError("interrupted: nothing was evaluated; everything started was stopped") from None
-    _deliver(document, output, plan.template.record_dir, report_file)
+    _deliver(document, output, plan.template.record_dir, report_file, stops)
 
 
-def _deliver(document: dict[str, Any], output: str | None, record_dir: str | None, report_file: str | None) -> None:
+def _deliver(document: dict[str, Any], output: str | None, record_dir: str | None, report_file: str | None,
+             stops: StopRequests) -> None:
     """Everything a run leaves a person, whatever its status: the score table (when an episode ended),
     the results file, the results beside the recordings, the report."""
     from flateval.progress import print_score
 
+    stops.ignore()  # the results file is the only copy: never cut it short
     if document["episodes"]:
         print_score(document)
-    for stop in (signal.SIGINT, signal.SIGTERM):  # the results file is the only copy: never cut it short
-        signal.signal(stop, signal.SIG_IGN)
-    try:
-        kept = _keep_results(document, output)
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)
+    kept = _keep_results(document, output)
     if record_dir and document["episodes"]:
         from flateval.audit_report import save_recorded_results
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class LocalCluster:
     agent_args: list[str] = field(default_factory=list)  # every worker's sandbox options
     agent_cores: int = 0  # cores per agent: pair i's start at i x this (0: no sandbox)
     agent_image: str | None = None  # agents are containers of this image
+    hurry: threading.Event = field(default_factory=threading.Event)  # set: stop without waiting for anyone
 
     @property
     def metrics_dir(self) -> Path:
@@ -89,7 +91,8 @@ class LocalCluster:
             if pair.process.poll() is None:
                 pair.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while any(_agent_running(pair.agent_pidfile) for pair in self.pairs) and time.monotonic() < deadline:
+        while any(_agent_running(pair.agent_pidfile) for pair in self.pairs) and time.monotonic() < deadline \
+                and not self.hurry.is_set():
             time.sleep(POLL_S)  # an agent's exit, in another process's care, is no event we can wait on
 
     def stop(self) -> None:
@@ -97,7 +100,7 @@ class LocalCluster:
             self.metrics_server.shutdown()
         self.stop_pairs()
         for pair in self.pairs:
-            _terminate(pair.process)
+            _terminate(pair.process, hurry=self.hurry)
             _kill_agent_group(pair.agent_pidfile)
         if self.agent_image:  # the containers of workers that could not remove theirs (killed)
             _remove_orphan_containers()
@@ -106,12 +109,14 @@ class LocalCluster:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def _terminate(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+def _terminate(process: subprocess.Popen, grace_s: float = 5.0, hurry: threading.Event | None = None) -> None:
+    """SIGTERM, `grace_s` to end (cut short by `hurry`), then SIGKILL."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + grace_s
+        while process.poll() is None and time.monotonic() < deadline and not (hurry and hurry.is_set()):
+            time.sleep(POLL_S)  # a child's exit or a signal's flag, whichever comes first
+        if process.poll() is None:
             process.kill()
             process.wait()
 
@@ -285,16 +290,17 @@ def _respawn_dead_pairs(cluster: LocalCluster, settings: RunSettings, redis_url:
 
 def run_local(settings: RunSettings, plan: SubmissionPlan,
               on_progress: Callable[[list[dict], store.Submission], None] | None = None,
-              on_notice: Callable[[str], None] | None = None) -> dict:
+              on_notice: Callable[[str], None] | None = None, hurry: threading.Event | None = None) -> dict:
     """Evaluate one submission (`flateval.planning.plan_run`) on a local cluster; return the results
     document. `on_progress` gets the results so far and the submission's record whenever a result
-    arrives; `on_notice` the line saying how the agents are sandboxed, once they run.
+    arrives; `on_notice` the line saying how the agents are sandboxed, once they run; `hurry`, once
+    set, cuts short every wait for a process to end on its own (a stop asked for again).
 
     Raises `RunError`: before the submission exists without a document; after, with its document
     (failed: an agent that could not start; cancelled: SIGINT, or SIGTERM turned into one by the CLI)."""
     check_hideable(settings, plan)
     reap_dead_runs()  # what runs killed before us left: their folders and embedded Redis servers
-    cluster = LocalCluster(make_run_dir())
+    cluster = LocalCluster(make_run_dir(), hurry=hurry or threading.Event())
     try:
         if settings.redis_url:
             redis_url = settings.redis_url
@@ -354,15 +360,11 @@ def _ended_early(conn: redis.Redis, sid: str, cluster: LocalCluster, cause: Base
         store.finalize(conn, sid, store.CANCELLED if interrupted else store.FAILED,
                        "interrupted" if interrupted else str(cause))
         submit.drop_queue(conn, sid)
-        document = results_document(conn, sid)  # final now: a second interrupt below loses nothing
-    except redis.RedisError as exc:  # nothing left to read them from
-        return RunError(f"{'interrupted' if interrupted else cause}; no results: Redis does not answer ({exc})")
-    try:
         cluster.stop_pairs()
         _keep_agent_logs(conn, sid, cluster)  # their last words too
         document = results_document(conn, sid)
-    except KeyboardInterrupt:
-        pass  # asked twice: stop at once (`stop` kills what is left), with the results as they were
+    except redis.RedisError as exc:  # nothing left to read them from
+        return RunError(f"{'interrupted' if interrupted else cause}; no results: Redis does not answer ({exc})")
     if not interrupted:
         return RunError(str(cause), document)
     if document["status"] == store.FINISHED:  # its last result came first

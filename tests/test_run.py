@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -305,11 +306,12 @@ serve(Slow())
 """
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGINT again and again", "SIGTERM"])
 def test_interrupted_run_keeps_its_finished_episodes_cancelled_without_a_score(sig, thirty_env_set, tmp_path):
     """Ctrl-C (SIGINT to the run's whole process group, as a terminal sends it: the embedded Redis and
-    the workers are in it too) or SIGTERM (to its pid) mid-run: it stops within a few seconds, says so
-    in one line, and its results document is cancelled with the episodes that finished, and no score."""
+    the workers are in it too; pressed again and again, as people do) or SIGTERM (to its pid) mid-run: it stops
+    within a few seconds, says so in one line, and its results document is cancelled with the episodes
+    that finished, and no score."""
     import signal
 
     token = f"flateval-agent-{uuid.uuid4().hex[:8]}"
@@ -325,11 +327,15 @@ def test_interrupted_run_keeps_its_finished_episodes_cancelled_without_a_score(s
     while len(list(marks.iterdir())) < 3:  # 2 pairs: one has ended an episode
         assert time.monotonic() < deadline and run.poll() is None, "no episode ended"
         time.sleep(0.02)  # polling the agents' own record of their episodes
-    if sig == "SIGINT":
-        os.killpg(run.pid, signal.SIGINT)
-    else:
+    if sig == "SIGTERM":
         run.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(run.pid, signal.SIGINT)
     interrupted = time.monotonic()
+    while sig == "SIGINT again and again" and run.poll() is None:  # a press every 0.1 s while it stops
+        time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
     stopped = time.monotonic() - interrupted
     assert run.returncode == 1 and stopped < 10, (stopped, stderr)
