@@ -29,6 +29,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -38,7 +39,7 @@ import zmq
 from agent_bridge import protocol as wire
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
 from env_worker.agent_link import AgentFault, AgentLink, AgentProtocolFault
-from env_worker.sandbox import NO_SANDBOX, AgentUsage, Sandbox, SandboxError, SandboxSpec
+from env_worker.sandbox import NO_SANDBOX, AgentUsage, Sandbox, SandboxError, SandboxSpec, launcher
 from core.process_identity import stat_fields
 from env_worker.sandbox.usage import session_usage
 
@@ -135,6 +136,7 @@ class AgentProcess:
         self.log_path = Path(log_path)
         self.pidfile = Path(pidfile) if pidfile else None
         self.process: subprocess.Popen | None = None
+        self._keeper: subprocess.Popen | None = None  # bounds the log of an agent without a sandbox
         self.restarts = 0
 
     @property
@@ -146,7 +148,12 @@ class AgentProcess:
         pidfile (else call `wait_ready` and `mark_ready` later: the agent starts up meanwhile)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.process = self._launch(log)
+            if self.sandbox:  # its launcher keeps the log bounded
+                self.process = self._launch(log)
+            else:
+                self._keeper, pipe = output_keeper(log)
+                with pipe:
+                    self.process = self._launch(pipe)
         if handshake:
             self.wait_ready(timeout_s)
             self.mark_ready()
@@ -228,7 +235,18 @@ class AgentProcess:
         self.process.wait()
         if self.sandbox:
             self.sandbox.stopped()
+        self._stop_keeper()
         self.process = None
+
+    def _stop_keeper(self) -> None:
+        """Reap the process that kept the log of an agent without a sandbox: it ends as its pipe's
+        last writer does (a process the agent detached may still hold it: then it goes on alone)."""
+        if self._keeper is not None:
+            try:
+                self._keeper.wait(1)
+            except subprocess.TimeoutExpired:
+                pass
+            self._keeper = None
 
     def sandbox_line(self) -> str:
         """Which fences are in force for this agent, and which are not and why (one line)."""
@@ -249,6 +267,22 @@ class AgentProcess:
 
     def output_tail(self, chars: int = OUTPUT_TAIL_CHARS) -> str:
         return agent_output_tail(self.log_path, chars)
+
+
+def output_keeper(log: BinaryIO) -> tuple[subprocess.Popen, BinaryIO]:
+    """A process that copies what is written to the returned pipe into `log`, bounded as the
+    sandbox's launcher bounds a sandboxed agent's (its head, its tail, a count of the rest): for an
+    agent without a sandbox, or in a container."""
+    read, write = os.pipe()
+    try:
+        keeper = subprocess.Popen([sys.executable, "-I", "-S", launcher.__file__, launcher.KEEP_OUTPUT], stdin=read,
+                                  stdout=log, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    return keeper, os.fdopen(write, "wb")
 
 
 def live_group_members(pgid: int) -> int:

@@ -440,15 +440,17 @@ serve(DoNothing())
 """
 
 
-def test_an_agent_that_prints_without_end_costs_a_bounded_log(tmp_path, fault_report):
-    """Its log keeps the head and the tail (what the results keep) and counts the rest, whatever it prints."""
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandboxed", "no-sandbox"])
+def test_an_agent_that_prints_without_end_costs_a_bounded_log(tmp_path, fault_report, sandboxed):
+    """Its log keeps the head and the tail (what the results keep) and counts the rest, whatever it
+    prints, in the sandbox (its launcher keeps the log) or not (a keeper process does; containers too)."""
     from env_worker.sandbox.launcher import OUTPUT_HEAD_BYTES, OUTPUT_TAIL_BYTES
 
     lines = 32 * 1024  # 32 MiB
     script = tmp_path / "loud.py"
     script.write_text(LOUD.format(lines=lines))
     log = tmp_path / "loud.log"
-    agent = AgentProcess(f"{sys.executable} {script}", log, sandbox=SandboxSpec(cpus=1))
+    agent = AgentProcess(f"{sys.executable} {script}", log, sandbox=SandboxSpec(cpus=1) if sandboxed else None)
     try:
         agent.start(60)
         wait_for(lambda: "last line\n" in agent.output_tail(300), 30, "the last line in the log")
@@ -461,6 +463,8 @@ def test_an_agent_that_prints_without_end_costs_a_bounded_log(tmp_path, fault_re
     assert len(text) <= OUTPUT_HEAD_BYTES + len(match.group(0)) + 2 * OUTPUT_TAIL_BYTES
     kept = len(text) - len(match.group(0))  # every byte kept or counted (and its "serving on ..." line)
     assert printed <= int(match.group(1)) + kept <= printed + 300, (match.group(1), kept, printed)
+    if not sandboxed:
+        return
     fault_report(f"agent prints {printed >> 20} MiB at start", f"its log holds {len(text) >> 10} KiB: the first "
                  f"{OUTPUT_HEAD_BYTES >> 10} KiB, the last {OUTPUT_TAIL_BYTES >> 10} KiB or more, and a line counting "
                  "the rest; the results keep the tail", None)
@@ -784,12 +788,16 @@ def test_a_detached_grandchild_dies_with_a_sigkilled_flateval_run(redis_url, sma
     try:
         wait_for(lambda: _live([token]) or run.poll() is not None, 60, "the grandchild")
         assert run.poll() is None, run.stderr.read()
-        require(_sandbox_line(run.stderr), "pidns")
+        report = _sandbox_line(run.stderr)
+        require(report, "pidns")
         [worker] = [p for p in _children([run.pid]) if b" worker" in Path(f"/proc/{p}/cmdline").read_bytes()
                     .replace(b"\0", b" ")]
         argv = Path(f"/proc/{worker}/cmdline").read_bytes().decode().split("\0")
         run_dir = Path(argv[argv.index("--agent-log") + 1]).parent
+        assert "wrote its files" in (run_dir / "pair-0.agent.log").read_text()
         _sigkill_and_check_everything_dies(run, [str(script), token], "flateval run")
+        if "disk" in report.on:  # its files were in its own places, gone with its mount namespace
+            assert _host_files(token) == []
     finally:
         if run.poll() is None:
             run.kill()

@@ -206,6 +206,7 @@ class AgentContainer(AgentProcess):
         except subprocess.TimeoutExpired:  # the CLI hangs on a container that is gone
             self.process.kill()
             self.process.wait()
+        self._stop_keeper()
         self.process = None
 
 

@@ -51,6 +51,7 @@ OUTPUT_HEAD_BYTES = 64 * 1024
 OUTPUT_TAIL_BYTES = 64 * 1024
 """What it prints last is kept: the results keep its last 10,000 characters, at most 40,000 bytes."""
 _DROPPED = (b"\n[flateval] ", b" bytes of the agent's output not kept\n")
+KEEP_OUTPUT = "--keep-output"
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -475,7 +476,18 @@ def _wait(child: int) -> int:
             continue
 
 
+def keep_output() -> None:
+    """``launcher.py --keep-output``: our stdin (a pipe an agent's output goes to, one that runs
+    without the sandbox or in a container) into our stdout (its log), bounded, until every writer is
+    gone."""
+    keeper = OutputKeeper(os.open("/proc/self/fd/1", os.O_RDWR))
+    while data := os.read(0, 65536):
+        keeper.write(data)
+
+
 def main(argv: list[str]) -> None:
+    if argv[1] == KEEP_OUTPUT:
+        return keep_output()
     config = marshal.loads(bytes.fromhex(argv[1]))
     status = config["status_fd"]
     os.set_inheritable(status, False)  # closed by the agent's exec: EOF tells the worker it ran
