@@ -21,8 +21,10 @@ submission's scenarios one after another, each a container of the submission ima
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean
@@ -55,6 +57,26 @@ class FabTask:
     submission_id: str
     submission_data_url: str
     tests: list[str] | None
+
+
+IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
+"""What a container image reference may look like (registry/name:tag@digest): never an option."""
+
+
+def check_task(task: FabTask) -> None:
+    """FAB's kwargs are checked before they name a folder or reach the container engine: `TaskFailure`."""
+    if task.tests is not None and not (isinstance(task.tests, list) and all(isinstance(t, str) for t in task.tests)):
+        raise TaskFailure(f"tests must be a list of test ids, got {str(task.tests)[:200]!r}")
+    if not isinstance(task.submission_data_url, str) or not IMAGE_REFERENCE.match(task.submission_data_url):
+        raise TaskFailure(f"submission_data_url {str(task.submission_data_url)[:200]!r} is not an image reference")
+
+
+def is_submission_id(text: str) -> bool:
+    """FAB's submission ids are UUIDs; anything else would name a folder it must not."""
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except (ValueError, AttributeError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -207,8 +229,11 @@ class FabOrchestrator:
         """Evaluate and report; return (test id -> scenario id -> scores, the termination cause) as FAB's
         orchestrator returns them. Raises what failed, after posting FAILURE, as FAB's does."""
         sid = task.submission_id
+        if not is_submission_id(sid):  # FAB's API takes none but UUIDs: nothing to post to
+            raise TaskFailure(f"task id {str(sid)[:100]!r} is not a FAB submission id (a UUID)")
         self.api.post_status(sid, STARTED)
         try:
+            check_task(task)
             results, cause = self._evaluate(task)
         except TaskFailure as exc:
             self.api.post_status(sid, FAILURE, exc.message)

@@ -53,10 +53,10 @@ def celery_app(broker: BrokerSettings, orchestrator: FabOrchestrator):
         broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
     )
 
-    @app.task(name=broker.benchmark_id, bind=True)
+    @app.task(name=broker.benchmark_id, bind=True, throws=(TaskFailure,))  # an expected failure: no traceback
     def evaluate(self, submission_data_url: str, tests: list[str] | None = None, **kwargs: Any):
-        task = FabTask(submission_id=self.request.id, submission_data_url=str(submission_data_url).strip(),
-                       tests=tests)
+        url = submission_data_url.strip() if isinstance(submission_data_url, str) else submission_data_url
+        task = FabTask(submission_id=self.request.id, submission_data_url=url, tests=tests)  # checked by `run`
         log.info("flateval: FAB submission %s: %s on tests %s", task.submission_id, task.submission_data_url, tests)
         try:
             results, cause = orchestrator.run(task)

@@ -129,14 +129,18 @@ def assert_same_scores(posted: dict, expected: dict) -> None:
             assert posted[test_id][scenario_id] == pytest.approx(scores, abs=1e-9), (test_id, scenario_id)
 
 
-@pytest.mark.parametrize("tests, message", [
-    (None, "Failed running submission_id={sid},tests=None as not tests passed."),
-    (["00000000-0000-4000-8000-000000000000"],
+@pytest.mark.parametrize("tests, image, message", [
+    (None, "img:1", "Failed running submission_id={sid},tests=None as not tests passed."),
+    (["00000000-0000-4000-8000-000000000000"], "img:1",
      f"test 00000000-0000-4000-8000-000000000000 is not a test of benchmark {ECML_BENCHMARK_ID}"),
+    ("39ae35d8-4b0f-467f-9ec4-ee19c3558c7f", "img:1",
+     "tests must be a list of test ids, got '39ae35d8-4b0f-467f-9ec4-ee19c3558c7f'"),
+    (["39ae35d8-4b0f-467f-9ec4-ee19c3558c7f"], "--privileged",
+     "submission_data_url '--privileged' is not an image reference"),
 ])
-def test_a_task_fab_cannot_run_is_a_failure_with_its_cause(fab_worker, rabbitmq, fab, tests, message):
+def test_a_task_fab_cannot_run_is_a_failure_with_its_cause(fab_worker, rabbitmq, fab, tests, image, message):
     sid = str(uuid.uuid4())
-    send_fab_task(rabbitmq.url, ECML_BENCHMARK_ID, sid, tests)
+    send_fab_task(rabbitmq.url, ECML_BENCHMARK_ID, sid, tests, image=image)
     status = wait_final_status(fab, sid, fab_worker.process, fab_worker.log, TASK_TIMEOUT_S)
     assert status == {"status": "FAILURE", "message": message.format(sid=sid)}
     assert fab.statuses(sid)[0] == {"status": "STARTED"} and fab.results(sid) == []
@@ -240,3 +244,11 @@ def test_the_contract_server_refuses_what_fabs_document_does_not_allow(fab):
         assert refused.value.code == 400
     assert len(fab.violations) == before + len(bad)
     del fab.violations[before:]  # noted, and not the worker's
+
+
+def test_only_a_uuid_is_a_submission_id():
+    """The task id names the submission's folder: FAB's ids are UUIDs, nothing else passes."""
+    from flateval.fab_orchestrator import is_submission_id
+
+    assert is_submission_id(str(uuid.uuid4()))
+    assert not any(is_submission_id(text) for text in ("../../etc", "", "0" * 32, f"{uuid.uuid4()}/x", None))
