@@ -1,7 +1,8 @@
 """Start, check, restart and stop one participant agent process (`flateval run`'s side of a pair).
 
 The agent runs in its own session (process group) so that stopping it also stops whatever its shell
-command spawned; its stdout and stderr go to a log file whose tail is kept with the submission.
+command spawned; its stdout and stderr go to a log file, bounded (its head, its tail, a count of
+the rest: the sandbox's launcher or `output_keeper` writes it), whose tail is kept with the submission.
 
 With a `SandboxSpec` (what `flateval run` and `flateval worker --agent-command` always give, unless
 ``--no-sandbox``) the agent is fenced in (`env_worker.sandbox`, docs/sandbox.md): its own uid when
