@@ -35,6 +35,7 @@ FLATEVAL = str(Path(sys.executable).with_name("flateval"))
 # is played, and scores that differ from episode to episode (a perfect agent would compare only zeros).
 SEEDED_AGENT = """
 import random
+import time
 from agent_bridge import serve
 from agent_bridge.actions import N_ACTIONS
 
@@ -44,6 +45,7 @@ class SeededByEnvFile:
         self.n_agents = int(info["env"]["n_agents"])
 
     def act(self, observations, info):
+        time.sleep(0.005)   # episodes long enough to stop a worker in the middle of one
         return {h: self.rng.randrange(N_ACTIONS) for h in range(self.n_agents)}
 
 serve(SeededByEnvFile())
@@ -148,16 +150,8 @@ def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: lis
                     "FLATEVAL_REDIS_URL": f"redis://:{settings['REDIS_PASSWORD']}@127.0.0.1:{redis_port}/0"}
         started = time.monotonic()
         sid = run(FLATEVAL, "submit", "--test-set", str(test_set), env=host_env).stdout.strip()
-        deadline = started + 300
-        while True:
-            status = run(FLATEVAL, "status", sid, env=host_env).stdout
-            if " finished " in status or " failed " in status or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        cluster = _finished(run, sid, host_env)
         times["one evaluation"] = time.monotonic() - started
-        assert " finished " in status, status
-        cluster = json.loads(run(FLATEVAL, "results", sid, env=host_env).stdout)
-        assert cluster["status"] == "finished" and cluster["n_episodes"] == 4, cluster["status"]
         say(request.config, "compose cluster, the submission's timing: " + json.dumps(cluster["timing"])
             + "; episodes (s): " + ", ".join(f"{e['duration_s']:.2f}" for e in cluster["episodes"]))
 
@@ -168,6 +162,19 @@ def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: lis
         local_scores = _scores(json.loads(local.read_text()))
         assert _scores(cluster) == local_scores
         assert len(set(local_scores.values())) > 1, local_scores  # a comparison that can fail
+
+        # --- a worker stopped in the middle of an episode finishes it, and nothing is counted twice
+        sid = run(FLATEVAL, "submit", "--test-set", str(test_set), env=host_env).stdout.strip()
+        busy = _busy_worker(host_env["FLATEVAL_REDIS_URL"])
+        started = time.monotonic()
+        engine.run("stop", "-t", "120", busy.split(":")[0], timeout_s=180)  # a container's hostname is its id
+        times["worker stop (in an episode)"] = time.monotonic() - started
+        assert engine.run("inspect", "-f", "{{.State.ExitCode}}", busy.split(":")[0]).stdout.strip() == "0"
+        again = _finished(run, sid, host_env)
+        assert sorted(e["env_file"] for e in again["episodes"]) == sorted(local_scores)  # each once
+        assert _scores(again) == local_scores
+        assert any(e["worker"] == busy for e in again["episodes"]), "the stopped worker's episode was not its own"
+        run(*dc, "start", "worker")
 
         # --- the agent's fence, seen from inside its container
         redis_container = f"{project}-redis-1"
@@ -224,6 +231,38 @@ def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: lis
             say(request.config, "compose cluster, measured: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
     say(request.config, "compose cluster, per-episode scores (normalized return, % done), cluster = flateval run: "
          + "; ".join(f"{k} {v[0]:.4f} {v[1]:.0%}" for k, v in sorted(_scores(cluster).items())))
+
+
+def _finished(run, sid: str, env: dict, timeout_s: float = 300) -> dict:
+    """The submission's results once `flateval status` says it ended (polled, with the time left)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = run(FLATEVAL, "status", sid, env=env).stdout
+        if " finished " in status or " failed " in status or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert " finished " in status, status
+    results = json.loads(run(FLATEVAL, "results", sid, env=env).stdout)
+    assert results["status"] == "finished" and results["n_episodes"] == 4, results["status"]
+    return results
+
+
+def _busy_worker(redis_url: str, timeout_s: float = 120) -> str:
+    """The name (<container id>:<pid>) of a worker in the middle of an episode, asked of RQ itself."""
+    import redis
+    from rq import Worker
+
+    conn = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for worker in Worker.all(connection=conn):
+                if worker.get_state() == "busy":  # RQ's own state: in perform_job
+                    return worker.name
+            time.sleep(0.02)
+    finally:
+        conn.close()
+    raise AssertionError(f"no worker took an episode within {timeout_s} s")
 
 
 def _container_ids(engine: Engine, project: str, service: str) -> list[str]:

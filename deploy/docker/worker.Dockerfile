@@ -23,8 +23,9 @@ COPY agent_bridge ./agent_bridge
 COPY scoring ./scoring
 COPY core ./core
 COPY report ./report
-RUN /opt/flateval/bin/pip install --no-cache-dir --no-deps . \
-    && find /opt/flateval -name '__pycache__' -type d -prune -exec rm -rf {} +
+# The bytecode pip compiles stays in the image: the root is read-only, so without it every worker
+# would compile flatland, pandas & co. in memory again before its first episode (~7 s on 2 cores).
+RUN /opt/flateval/bin/pip install --no-cache-dir --no-deps .
 
 FROM ${BASE_IMAGE}
 # A fixed numeric uid/gid: Kubernetes' runAsNonRoot can only verify a numeric USER.
