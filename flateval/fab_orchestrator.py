@@ -264,11 +264,12 @@ class FabOrchestrator:
         try:
             document = self.run_local(settings, plan, on_progress=lambda episodes, record: checks.take(episodes),
                                       on_notice=lambda line: log.info("flateval: FAB submission %s: %s", sid, line))
+            checks.take(document["episodes"])
         except RunError as exc:
             raise TaskFailure(f"Failed running submission_id={sid}: {exc}") from None
         finally:
+            checks.finish()
             shutil.rmtree(submission_dir / RECORDINGS, ignore_errors=True)
-        checks.take(document["episodes"])
         log.info("flateval: FAB submission %s: %d scenarios evaluated and re-checked in %.1f s", sid,
                  len(document["episodes"]), time.monotonic() - started)
         causes = checks.causes
@@ -290,16 +291,27 @@ class _ScenarioChecks:
 
     def __init__(self, api: FabApi, sid: str, tests: list[str], scenarios: list[FabScenario], submission_dir: Path,
                  rewards: Any) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.api, self.sid, self.scenarios, self.submission_dir, self.rewards = api, sid, scenarios, submission_dir, rewards
         self.results: dict[str, dict[str, dict[str, float]]] = {test_id: {} for test_id in tests}
         self.causes: list[str] = []
         self.seen: set[int] = set()
+        # one thread, in arrival order: the cluster's follower (deadlines, dead workers) is never held up
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fab-check")
+        self.pending: list = []
 
     def take(self, episodes: list[dict[str, Any]]) -> None:
         for episode in sorted(episodes, key=lambda e: e["index"]):
             if episode["index"] not in self.seen:
                 self.seen.add(episode["index"])
-                self._check(episode, self.scenarios[episode["index"]])
+                self.pending.append(self.pool.submit(self._check, episode, self.scenarios[episode["index"]]))
+
+    def finish(self) -> None:
+        """Wait for every check taken (an error of the check itself is raised here)."""
+        self.pool.shutdown(wait=True)
+        for future in self.pending:
+            future.result()
 
     def _check(self, episode: dict[str, Any], scenario: FabScenario) -> None:
         failure = _failure_of(episode, scenario)
