@@ -6,8 +6,9 @@ Policy named by POLICY/OBS_BUILDER behind an entrypoint that resets PYTHONPATH (
 f3 kit). Each scores per episode exactly what the same code scores as a local command; the fence
 is read from inside a container started with the arguments flateval uses; SIGTERM stops an agent
 container within 2 s; no engine is one line. The images are built once per machine (their tag is
-keyed on the Dockerfile, the files copied in and the base image). Skipped, with the reason, only
-where no engine answers.
+keyed on the Dockerfile, the files copied in and the base image). The engine is the one the docker
+CLI reaches, started by hand where none runs (tests/container_engine.py); the tests that need it are
+marked `container` and skip, with the reason printed, only where none can be started.
 """
 
 from __future__ import annotations
@@ -30,53 +31,50 @@ from env_worker.container.agent import AgentContainer
 from env_worker.container.bridge import DEPS_ENV, PYTHONS
 from env_worker.container.engine import LABEL
 from env_worker.sandbox import SandboxSpec
+from tests.container_engine import base_image, container_engine  # noqa: F401 (fixtures)
 from tests.test_run import flateval
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = Path(__file__).resolve().parent / "agent_images"
 SUBMISSIONS = Path(__file__).resolve().parent / "flatland_submissions"
-BASE_IMAGE = os.environ.get("FLATEVAL_BASE_IMAGE", "flateval/base:bookworm-r1")
 REMOTE = "python -m agent_bridge.flatland_remote run.py"
 POLICY = "python -m agent_bridge.flatland_policy"
 
 
+def on_engine(test):
+    """A test on the engine (marker `container`); the first one may build the images: 15 minutes."""
+    return pytest.mark.container(pytest.mark.timeout(900)(test))
+
+
 @pytest.fixture(scope="module")
-def engine():
-    try:
-        found = find_engine()
-    except EngineError as exc:
-        print(f"SKIPPED: {exc}")
-        pytest.skip(str(exc))
-    if found.run("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
-        script = REPO / "deploy" / "docker" / "base-image.sh"
-        if not script.exists():
-            pytest.skip(f"no base image {BASE_IMAGE} and no {script.name} to build it")
-        subprocess.run(["sh", str(script), BASE_IMAGE], check=True, capture_output=True, timeout=600)
-    return found
+def engine(container_engine, base_image):
+    """The engine the docker CLI reaches (started by hand where none runs: tests/container_engine.py),
+    with the project's base image built."""
+    return container_engine
 
 
-def build(engine, dockerfile: str, name: str) -> str:
+def build(engine, base_image: str, dockerfile: str, name: str) -> str:
     """The image of `dockerfile` (context: tests/flatland_submissions), built unless this machine has it."""
     digest = hashlib.sha256()
-    base_id = engine.run("image", "inspect", "--format", "{{.Id}}", BASE_IMAGE).stdout.strip()
+    base_id = engine.run("image", "inspect", "--format", "{{.Id}}", base_image).stdout.strip()
     for path in [IMAGES / dockerfile, *sorted(SUBMISSIONS.iterdir())]:
         if path.is_file():
             digest.update(path.name.encode() + path.read_bytes())
     tag = f"flateval-test/{name}:{hashlib.sha256(digest.digest() + base_id.encode()).hexdigest()[:12]}"
     if engine.run("image", "inspect", tag, check=False).returncode != 0:
-        engine.run("build", "-q", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag, "-f", str(IMAGES / dockerfile),
+        engine.run("build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "-t", tag, "-f", str(IMAGES / dockerfile),
                    str(SUBMISSIONS), timeout_s=900, env={**os.environ, "DOCKER_BUILDKIT": "0"})
     return tag
 
 
 @pytest.fixture(scope="module")
-def remote_image(engine) -> str:
-    return build(engine, "remote_client.Dockerfile", "remote-client")
+def remote_image(engine, base_image) -> str:
+    return build(engine, base_image, "remote_client.Dockerfile", "remote-client")
 
 
 @pytest.fixture(scope="module")
-def policy_image(engine) -> str:
-    return build(engine, "policy.Dockerfile", "policy")
+def policy_image(engine, base_image) -> str:
+    return build(engine, base_image, "policy.Dockerfile", "policy")
 
 
 def run(tmp_path: Path, test_set: Path, *args: str) -> tuple[dict, str]:
@@ -101,6 +99,7 @@ def leaked_containers(engine) -> list[str]:
             and not alive(int(owner.rpartition(":")[2]))]
 
 
+@on_engine
 def test_remote_client_image_scores_as_the_local_command(engine, remote_image, small_test_set, tmp_path):
     local, _ = run(tmp_path, small_test_set, "--agent",
                    f"{sys.executable} -m agent_bridge.flatland_remote {SUBMISSIONS / 'remote_client_tree.py'}")
@@ -114,6 +113,7 @@ def test_remote_client_image_scores_as_the_local_command(engine, remote_image, s
     assert leaked_containers(engine) == []  # every container removed
 
 
+@on_engine
 def test_policy_image_scores_as_the_local_command(engine, policy_image, small_test_set, tmp_path):
     local, _ = run(tmp_path, small_test_set, "--agent",
                    f"PYTHONPATH={SUBMISSIONS} {sys.executable} -m agent_bridge.flatland_policy "
@@ -154,11 +154,12 @@ print(json.dumps(found))
 """
 
 
-def test_the_fence_seen_from_inside(engine, remote_image, small_test_set, tmp_path):
+@on_engine
+def test_the_fence_seen_from_inside(engine, base_image, remote_image, small_test_set, tmp_path):
     """The arguments flateval runs an agent container with, a probe as its command: an image whose user
     is root gets a uid of its own; no interface but lo (nothing is sent anywhere but its own loopback)."""
     spec = SandboxSpec.from_options(1, "256Mi", 64)
-    for image in (remote_image, BASE_IMAGE):  # USER aicrowd; none (root)
+    for image in (remote_image, base_image):  # USER aicrowd; none (root)
         container = AgentContainer(image, None, tmp_path / "agent.log", engine, spec)
         container.name = f"flateval-probe-{os.getpid()}"
         container.args = ["python3", "-c", f"TEST_SET = {str(small_test_set)!r}\n{PROBE}"]
@@ -179,6 +180,7 @@ def test_the_fence_seen_from_inside(engine, remote_image, small_test_set, tmp_pa
     assert found["uid"] == container.uid  # the base image names no user: a uid of ours
 
 
+@on_engine
 @pytest.mark.parametrize("image_fixture", ["remote_image", "policy_image"])
 def test_sigterm_stops_an_agent_container_within_2s(engine, image_fixture, request, tmp_path):
     """The remote client runs under the engine's init; the policy image's entrypoint is a shell that
@@ -212,6 +214,7 @@ serve(Greedy())
 """
 
 
+@on_engine
 def test_a_container_past_its_memory_loses_that_episode_named(engine, remote_image, small_test_set, tmp_path):
     """The engine's OOM killer ends the container: that episode is an agent_error naming the limit,
     the container is replaced, the others complete; every episode says what its agent used."""
@@ -238,6 +241,7 @@ serve(Paced())
 """
 
 
+@on_engine
 def test_a_worker_asked_to_stop_finishes_its_episode_and_removes_its_container(engine, remote_image, small_test_set,
                                                                                 redis_url, redis_conn, tmp_path):
     """SIGTERM mid-episode: the worker plays that episode to its end, stores it, stops its container
@@ -275,6 +279,7 @@ def test_a_worker_asked_to_stop_finishes_its_episode_and_removes_its_container(e
     assert all(e["outcome"] == "completed" for e in document["episodes"])
 
 
+@on_engine
 def test_a_container_stops_with_its_sigkilled_worker(engine, remote_image, redis_url, tmp_path):
     """No worker is left to stop it: the container still gets SIGTERM (through its CLI) and stops."""
     pidfile = tmp_path / "agent.pid"
@@ -312,6 +317,7 @@ def test_no_engine_or_no_image_is_one_line(small_test_set, tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "no no-such-docker command" in done.stderr
 
 
+@on_engine
 def test_no_image_is_one_line(engine, small_test_set):
     done = flateval("run", "--agent-image", "flateval-test/none:0", "--test-set", str(small_test_set), timeout=60)
     assert done.returncode == 1
