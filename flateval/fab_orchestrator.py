@@ -9,8 +9,10 @@ submission's scenarios one after another, each a container of the submission ima
 2. evaluates every scenario with `flateval run`'s local cluster: N worker+agent pairs in parallel, the
    challenge's live deadlines, the challenge's stop rules (a test's mean completion under the gate
    stops the evaluation after that test), every episode recorded from the authoritative env;
-3. moves each recording into FAB's layout, ``<data dir>/<submission id>/<test id>/<scenario id>/``
-   (``event_logs/*.tsv``, ``serialised_state/<scenario id>.pkl``), and re-checks it with
+3. moves each recording (made under ``<data dir>/<flateval's submission id>/``: the whole data dir is
+   the record dir, so agents in the local sandbox see none of it) into FAB's layout,
+   ``<data dir>/<submission id>/<test id>/<scenario id>/`` (``event_logs/*.tsv``,
+   ``serialised_state/<scenario id>.pkl``), and re-checks it with
    ``TrajectoryEvaluator`` exactly as FAB's orchestrator does (`scenario_scores`), posting a STARTED
    line per scenario as FAB does before it evaluates one;
 4. posts every evaluated scenario's scores, then SUCCESS, or FAILURE with the cause: a scenario that
@@ -39,7 +41,6 @@ POLICY_AGENT = "python -m agent_bridge.flatland_policy"
 """The agent a submission image runs: its flatland Policy, read from POLICY / OBS_BUILDER."""
 
 DEFAULT_CHALLENGE = "ecml2026"  # FAB's benchmark of today
-RECORDINGS = ".flateval-recordings"  # flateval's own record dir, beside FAB's folders, moved from
 
 
 class TaskFailure(Exception):
@@ -256,8 +257,9 @@ class FabOrchestrator:
             scenarios = host.scenarios.for_tests(task.tests)
         except FabScenariosError as exc:
             raise TaskFailure(str(exc)) from None
-        submission_dir = Path(host.data_dir) / sid
-        plan = plan_task(scenarios, host, submission_dir / RECORDINGS)
+        data_dir = Path(host.data_dir)
+        submission_dir = data_dir / sid
+        plan = plan_task(scenarios, host, data_dir)
         settings = RunSettings(workers=host.workers, sandbox=host.sandbox, **agent_settings(task, host))
         checks = _ScenarioChecks(self.api, sid, task.tests, scenarios, submission_dir, rewards_object(plan.template.rewards))
         started = time.monotonic()
@@ -265,11 +267,11 @@ class FabOrchestrator:
             document = self.run_local(settings, plan, on_progress=lambda episodes, record: checks.take(episodes),
                                       on_notice=lambda line: log.info("flateval: FAB submission %s: %s", sid, line))
             checks.take(document["episodes"])
-        except RunError as exc:
+        except RunError as exc:  # before any episode: nothing recorded
             raise TaskFailure(f"Failed running submission_id={sid}: {exc}") from None
         finally:
             checks.finish()
-            shutil.rmtree(submission_dir / RECORDINGS, ignore_errors=True)
+        shutil.rmtree(data_dir / document["submission_id"], ignore_errors=True)  # what was not moved (never a UUID)
         log.info("flateval: FAB submission %s: %d scenarios evaluated and re-checked in %.1f s", sid,
                  len(document["episodes"]), time.monotonic() - started)
         causes = checks.causes

@@ -87,7 +87,7 @@ def test_a_fab_task_is_evaluated_in_parallel_and_scores_as_fabs_own_path(fab_wor
     from flatland.trajectories.trajectories import Trajectory
 
     from core.challenge import load_challenge
-    from flateval.fab_orchestrator import DEFAULT_CHALLENGE, rewards_object
+    from flateval.fab_orchestrator import DEFAULT_CHALLENGE, is_submission_id, rewards_object
 
     sid, tests = str(uuid.uuid4()), first_tests(scenario_table, 2)
     send_fab_task(rabbitmq.url, ECML_BENCHMARK_ID, sid, tests)
@@ -117,7 +117,7 @@ def test_a_fab_task_is_evaluated_in_parallel_and_scores_as_fabs_own_path(fab_wor
             tqdm_kwargs={"disable": True}, rewards=rewards)
         workers.add(json.loads((folder / "manifest.json").read_text())["worker"])
     assert len(workers) == 2, "the scenarios were not shared by the 2 pairs"
-    assert not (fab_worker.data / sid / ".flateval-recordings").exists()
+    assert all(is_submission_id(p.name) for p in fab_worker.data.iterdir())  # flateval's staging is gone
 
 
 def assert_same_scores(posted: dict, expected: dict) -> None:
@@ -252,3 +252,16 @@ def test_only_a_uuid_is_a_submission_id():
 
     assert is_submission_id(str(uuid.uuid4()))
     assert not any(is_submission_id(text) for text in ("../../etc", "", "0" * 32, f"{uuid.uuid4()}/x", None))
+
+
+def test_agents_in_the_local_sandbox_see_neither_the_scenarios_nor_any_submission_s_recordings(
+        ecml_debug_set, scenario_table, tmp_path):
+    """The whole data dir is the record dir: the sandbox hides it (and the test set) from every agent."""
+    from core.fab_scenarios import load_fab_scenarios
+    from flateval.fab_orchestrator import FabHost, plan_task
+    from flateval.local_cluster import private_paths
+
+    table = load_fab_scenarios(str(scenario_table))
+    host = FabHost(test_set=str(ecml_debug_set), scenarios=table, data_dir=str(tmp_path), agent_command=AGENT)
+    plan = plan_task(table.for_tests(first_tests(scenario_table, 1)), host, tmp_path)
+    assert set(private_paths(plan)) == {str(ecml_debug_set.resolve()), str(tmp_path.resolve())}
