@@ -182,10 +182,12 @@ def test_a_scenario_past_its_time_limit_is_a_failure_naming_it(fab, ecml_debug_s
 
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     sid, tests = str(uuid.uuid4()), first_tests(scenario_table, 1)
-    (tmp_path / "slow_policy.py").write_text(SLOW_POLICY)
+    policies = tmp_path / "policies"  # not in the data dir: the sandbox hides that from the agent
+    policies.mkdir(mode=0o755)
+    (policies / "slow_policy.py").write_text(SLOW_POLICY)
     slow = AGENT.replace("tree_policy.ClosestBranchPolicy", "slow_policy.SlowForwardPolicy").replace(
-        "PYTHONPATH=", f"PYTHONPATH={tmp_path}:")
-    results, cause = orchestrator(fab, ecml_debug_set, scenario_table, tmp_path, running_time_limit=0.5,
+        "PYTHONPATH=", f"PYTHONPATH={policies}:")
+    results, cause = orchestrator(fab, ecml_debug_set, scenario_table, tmp_path / "data", running_time_limit=0.5,
                                   agent_command=slow).run(FabTask(sid, "image", tests))
     assert results == {tests[0]: {}}
     assert cause.startswith(f"The evaluation of test_id={tests[0]}, scenario_id=") and "failed: timeout" in cause
