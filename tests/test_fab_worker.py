@@ -19,7 +19,8 @@ from tests.fab_contract_server import FabContractServer  # noqa: E402
 from tests.fab_reference import (AGENT, ECML_BENCHMARK_ID, fab_sequential_scores, send_fab_task,  # noqa: E402
                                  start_fab_worker, table_for, wait_final_status)
 from tests.rabbitmq_server import RabbitUnavailable, start_rabbitmq  # noqa: E402
-from tests.test_agent_image import build, engine  # noqa: E402,F401 (the container engine fixture)
+from tests.container_engine import base_image, container_engine  # noqa: E402,F401 (fixtures)
+from tests.test_agent_image import engine, on_engine, policy_image  # noqa: E402,F401 (its Policy image, reused)
 
 SLOW_POLICY = """
 import time
@@ -195,16 +196,11 @@ def test_a_scenario_past_its_time_limit_is_a_failure_naming_it(fab, ecml_debug_s
     assert fab.violations == []
 
 
-@pytest.fixture(scope="module")
-def policy_image(engine) -> str:
-    """The f3-starter-kit-shaped Policy image of tests/test_agent_image.py (built once per machine)."""
-    return build(engine, "policy.Dockerfile", "policy")
-
-
+@on_engine
 def test_the_submission_image_is_the_agent_and_scores_as_fabs_own_path(policy_image, rabbitmq, fab, ecml_debug_set,
                                                                        scenario_table, tmp_path):
-    """No --agent-command: each pair's agent is a container of the image FAB names, its Policy read
-    from POLICY / OBS_BUILDER."""
+    """No --agent-command: each pair's agent is a container of the image FAB names (the f3-starter-kit
+    shaped Policy image of tests/test_agent_image.py), its Policy read from POLICY / OBS_BUILDER."""
     queue = str(uuid.uuid4())  # a benchmark of its own: the module's worker takes the other queue
     data = tmp_path / "data"
     data.mkdir(mode=0o777)
