@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,10 @@ def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: lis
         os.chown(recordings, 10001, 10001)  # the workers' uid, as docs/deploy.md says
     else:
         recordings.chmod(0o777)
-    redis_port = free_port()
+    redis_port, prometheus_port = free_port(), free_port()
     env_file = tmp_path / "compose.env"
     ours = {"FLATEVAL_PROJECT": project, "FLATEVAL_PAIRS": str(PAIRS), "FLATEVAL_BASE_IMAGE": base_image,
-            "REDIS_PORT": str(redis_port), "PROMETHEUS_PORT": str(free_port()),
+            "REDIS_PORT": str(redis_port), "PROMETHEUS_PORT": str(prometheus_port),
             "FLATEVAL_TEST_SET": str(test_set), "FLATEVAL_RECORDINGS": str(recordings)}
     env_file.write_text("".join(f"{k}={v}\n" for k, v in ours.items()))
     # the documented step: passwords and limits that fit this machine, added to what is set
@@ -178,6 +179,9 @@ def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: lis
         assert _scores(again) == local_scores
         assert any(e["worker"] == busy for e in again["episodes"]), "the stopped worker's episode was not its own"
         run(*dc, "start", "worker")
+
+        # --- Prometheus (Debian's, on the base image) finds the exporter and every worker by DNS
+        assert _prometheus_targets_up(prometheus_port) == {"flateval-exporter": 1, "flateval-workers": PAIRS}
 
         # --- the agent's fence, seen from inside its container
         redis_container = f"{project}-redis-1"
@@ -249,6 +253,20 @@ def _finished(run, sid: str, env: dict, timeout_s: float = 300) -> dict:
     results = json.loads(run(FLATEVAL, "results", sid, env=env).stdout)
     assert results["status"] == "finished" and results["n_episodes"] == 4, results["status"]
     return results
+
+
+def _prometheus_targets_up(port: int, timeout_s: float = 60) -> dict[str, int]:
+    """Prometheus's healthy targets per job, asked on its loopback port until every one is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=10) as response:
+            targets = json.load(response)["data"]["activeTargets"]
+        up: dict[str, int] = {}
+        for target in targets:
+            up[target["labels"]["job"]] = up.get(target["labels"]["job"], 0) + (target["health"] == "up")
+        if all(target["health"] == "up" for target in targets) or time.monotonic() > deadline:
+            return up
+        time.sleep(0.5)
 
 
 def _busy_worker(redis_url: str, timeout_s: float = 120) -> str:
