@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
 from broker.store import queue_list_key, queue_name
 from core.challenge import AgentResources, TimeLimits
+from core.cpu_share import THREAD_VARIABLES
 
 WORKER_IMAGE = "flateval/worker:0.1.0"
 NAMESPACE = "flateval"
@@ -86,6 +87,18 @@ def _check(submission_id: str, agent_image: str, max_replicas: int, grace_s: int
         raise ValueError("grace_s must be positive")
 
 
+def agent_thread_env(given: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The agent container's variables: `given` as they are, and each thread variable it does not
+    set from the container's own CPU limit. A container limited to 4 CPUs sees every core of its
+    node, and torch, BLAS and numexpr would start a thread per core against a 4-CPU quota;
+    Kubernetes rounds the limit up to whole cores (500m: 1 thread), as `core.cpu_share.threads_for`."""
+    def limit() -> dict[str, Any]:  # one object per variable: no YAML anchors in the output
+        return {"resourceFieldRef": {"containerName": "agent", "resource": "limits.cpu", "divisor": "1"}}
+
+    return [*({"name": name, "value": value} for name, value in given.items()),
+            *({"name": name, "valueFrom": limit()} for name in THREAD_VARIABLES if name not in given)]
+
+
 def _restricted(read_only_root: bool) -> dict[str, Any]:
     """A container security context that passes the `restricted` Pod Security Standard."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
@@ -109,6 +122,7 @@ def submission_manifests(
     record_claim: str | None = RECORD_CLAIM,
     image_pull_secrets: Sequence[str] = (),
     runtime_class: str | None = None,
+    agent_env: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The objects that evaluate one submission: a KEDA ScaledJob (the pod template inside it).
 
@@ -122,6 +136,8 @@ def submission_manifests(
     where it asks. `grace_s` is the pod's termination grace period: at least one episode (default:
     one worst-case episode under the default time limits, `episode_bound_s(TimeLimits())`).
     `runtime_class` runs the pod under that RuntimeClass (``gvisor``: deploy/k8s/overlays/gvisor).
+    `agent_env` gives the agent more variables (the host's ``OMP_NUM_THREADS``...); the thread
+    variables it does not give follow the agent's CPU limit (`agent_thread_env`).
     """
     grace_s = episode_bound_s(TimeLimits()) if grace_s is None else grace_s
     _check(submission_id, agent_image, max_replicas, grace_s)
@@ -136,7 +152,8 @@ def submission_manifests(
         # native sidecar: started before the worker, stopped after it, never counted for Job completion
         "restartPolicy": "Always",
         # the participant's container learns where to listen and nothing else: no Redis URL, no secret
-        "env": [{"name": "FLATEVAL_AGENT_BIND", "value": endpoint}, {"name": "HOME", "value": "/tmp"}],
+        "env": [{"name": "FLATEVAL_AGENT_BIND", "value": endpoint}, {"name": "HOME", "value": "/tmp"},
+                *agent_thread_env(agent_env or {})],
         "resources": {"requests": {"cpu": cpu, "memory": memory, "ephemeral-storage": disk},
                       "limits": {"cpu": cpu, "memory": memory, "ephemeral-storage": disk}},
         "securityContext": _restricted(read_only_root=True),

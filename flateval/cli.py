@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sys
 from dataclasses import replace
@@ -725,10 +726,13 @@ def agent_deps() -> None:
                                    "record only what the submission asks for.")
 @click.option("--image-pull-secret", "image_pull_secrets", multiple=True)
 @click.option("--runtime-class", help="Run the pod under this RuntimeClass, e.g. gvisor (deploy/k8s/overlays/gvisor).")
+@click.option("--agent-env", "agent_env", multiple=True, metavar="NAME=VALUE",
+              help="A variable for the agent container, e.g. OMP_NUM_THREADS=2 (default: the thread variables "
+                   "follow its CPU limit).")
 def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, worker_image: str | None,
                   challenge: str | None, phase: str | None, cpu: str | None, memory: str | None, max_replicas: int,
                   grace_s: int | None, test_set_claim: str | None, record_claim: str | None,
-                  image_pull_secrets: tuple[str, ...], runtime_class: str | None) -> None:
+                  image_pull_secrets: tuple[str, ...], runtime_class: str | None, agent_env: tuple[str, ...]) -> None:
     """Print one submission's Kubernetes objects (a KEDA ScaledJob): pipe into `kubectl apply -f -`."""
     from broker import k8s_manifests as k8s
     from core.challenge import ChallengeError, load_challenge
@@ -742,12 +746,16 @@ def k8s_manifests(submission_id: str, agent_image: str, namespace: str | None, w
         given["test_set_claim"] = test_set_claim or None
     if record_claim is not None:
         given["record_claim"] = record_claim or None
+    bad = [item for item in agent_env if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", item)]
+    if bad:
+        raise CliError(f"--agent-env {bad[0]!r}: expected NAME=VALUE")
     try:
         objects = k8s.submission_manifests(
             submission_id, agent_image, cpu=cpu or f"{chosen.agent_resources.cpu:g}",
             memory=memory or chosen.agent_resources.memory, disk=chosen.agent_resources.disk, max_replicas=max_replicas,
             grace_s=grace_s if grace_s is not None else k8s.episode_bound_s(chosen.time_limits),
             image_pull_secrets=image_pull_secrets, runtime_class=runtime_class,
+            agent_env=dict(item.split("=", 1) for item in agent_env),
             **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise CliError(str(exc)) from None

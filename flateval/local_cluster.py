@@ -30,6 +30,7 @@ from broker.embedded_redis import RedisServer, RedisStartError, start_redis
 from broker.exporter import MULTIPROC_ENV, metrics_registry, serve_metrics
 from broker.plan import SubmissionPlan
 from broker.results import results_document
+from core.cpu_share import CpuShare, fair_share
 from core.settings import REDIS_URL_ENV, RunSettings
 from env_worker.agent_link import LINK_SPIN_ENV
 from env_worker.agent_process import agent_output_tail, live_group_members
@@ -75,6 +76,7 @@ class LocalCluster:
     agent_cores: int = 0  # cores per agent: pair i's start at i x this (0: no sandbox)
     agent_image: str | None = None  # agents are containers of this image
     hurry: threading.Event = field(default_factory=threading.Event)  # set: stop without waiting for anyone
+    share: CpuShare | None = None  # what each agent gets (None: no sandbox)
 
     @property
     def metrics_dir(self) -> Path:
@@ -179,6 +181,8 @@ def _spawn_pair(cluster: LocalCluster, settings: RunSettings, redis_url: str, qu
             "--startup-timeout", str(settings.agent_startup_timeout_s)] + (["--curve"] if settings.curve else [])
     args += (["--agent-command", settings.agent_command] if settings.agent_command else []) + (
         ["--agent-image", settings.agent_image] if settings.agent_image else [])
+    # the workers themselves are left to the scheduler: pinned beside their agents they ran slower
+    # (docs/performance.md, "Agents that share cores")
     args += cluster.agent_args + (["--agent-cpu-offset", str(index * cluster.agent_cores)] if cluster.agent_cores else [])
     # the Redis URL by environment, not on a command line that any process may read in /proc
     env = {**os.environ, MULTIPROC_ENV: str(cluster.metrics_dir), **agent_spin_env(settings.workers),
@@ -211,19 +215,22 @@ def check_hideable(settings: RunSettings, plan: SubmissionPlan) -> None:
         raise RunError(problem)
 
 
-def sandbox_args(settings: RunSettings, plan: SubmissionPlan, run_dir: Path) -> tuple[list[str], int]:
-    """The workers' sandbox options: the challenge's agent resources with the run's overrides, the
-    run directory and the test set hidden; and the cores each agent gets (0 without a sandbox)."""
+def sandbox_args(settings: RunSettings, plan: SubmissionPlan, run_dir: Path) -> tuple[list[str], CpuShare | None]:
+    """The workers' sandbox options: the challenge's agent resources with the run's overrides (the
+    CPUs as each agent's fair share of this machine, `core.cpu_share`), the run directory and the
+    test set hidden; and that share (None without a sandbox)."""
     if not settings.sandbox:
-        return ["--no-sandbox"], 0
-    cpus = settings.agent_cpus if settings.agent_cpus is not None else plan.agent_resources.cpu
-    args = ["--agent-cpus", f"{cpus:g}", "--agent-memory", settings.agent_memory or plan.agent_resources.memory,
+        return ["--no-sandbox"], None
+    explicit = settings.agent_cpus is not None
+    share = fair_share(settings.agent_cpus if explicit else plan.agent_resources.cpu, settings.workers,
+                       explicit=explicit)
+    args = ["--agent-cpus", f"{share.cpus:g}", "--agent-memory", settings.agent_memory or plan.agent_resources.memory,
             "--agent-disk", settings.agent_disk or plan.agent_resources.disk, "--agent-hide", str(run_dir)]
     if settings.agent_pids is not None:
         args += ["--agent-pids", str(settings.agent_pids)]
     for private in private_paths(plan):
         args += ["--agent-hide", private]
-    return args, math.ceil(cpus)
+    return args, share
 
 
 def _sandbox_line(log: Path, timeout_s: float = 5.0) -> str | None:
@@ -293,8 +300,9 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
               on_notice: Callable[[str], None] | None = None, hurry: threading.Event | None = None) -> dict:
     """Evaluate one submission (`flateval.planning.plan_run`) on a local cluster; return the results
     document. `on_progress` gets the results so far and the submission's record whenever a result
-    arrives; `on_notice` the line saying how the agents are sandboxed, once they run; `hurry`, once
-    set, cuts short every wait for a process to end on its own (a stop asked for again).
+    arrives; `on_notice` the line saying what each agent gets, then the one saying how the agents
+    are sandboxed, once they run; `hurry`, once set, cuts short every wait for a process to end on
+    its own (a stop asked for again).
 
     Raises `RunError`: before the submission exists without a document; after, with its document
     (failed: an agent that could not start; cancelled: SIGINT, or SIGTERM turned into one by the CLI)."""
@@ -338,7 +346,11 @@ def _evaluate(conn: redis.Redis, sid: str, cluster: LocalCluster, settings: RunS
     """Start the pairs, enqueue the episodes once every agent answered (timing starts there), follow
     the submission until it ends."""
     queue = store.queue_name(sid)
-    cluster.agent_args, cluster.agent_cores = sandbox_args(settings, plan, cluster.run_dir)
+    cluster.agent_args, cluster.share = sandbox_args(settings, plan, cluster.run_dir)
+    if cluster.share is not None:
+        cluster.agent_cores = math.ceil(cluster.share.cpus)
+        if on_notice:
+            on_notice(cluster.share.line())
     _start_pairs(cluster, settings, redis_url, queue)
     _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
     line = _sandbox_line(cluster.pairs[0].log)

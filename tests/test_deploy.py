@@ -34,6 +34,7 @@ import yaml
 from broker import k8s_manifests as k8s
 from broker.embedded_redis import start_redis
 from core.challenge import load_challenge
+from core.cpu_share import THREAD_VARIABLES
 from tests.conftest import REPO, free_port
 from tests.container_engine import compose_command
 
@@ -54,11 +55,12 @@ EXAMPLE_WORKER = "registry.example.com/flateval/worker:0.1.0"
 
 # ------------------------------------------------------------------------------ compose helpers
 
-_VAR = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(r"\$(?:\$|\{(?P<braced>(?:[^{}]|\{[^{}]*\})*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """Compose's variable interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}, ${VAR?e}."""
+    """Compose's variable interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}, ${VAR?e}; a
+    default may hold one more ${...} (``${A:-${B:-4}}``)."""
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
@@ -77,7 +79,7 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
         if op == "?" and not present:
             raise KeyError(f"{name}: {arg}")
         if op == "-" and not present:
-            return arg
+            return interpolate(arg, env)
         return env.get(name, "")
 
     return _VAR.sub(one, value)
@@ -141,6 +143,13 @@ def test_compose_parses_and_has_the_six_services():
     limits = agent["deploy"]["resources"]["limits"]
     resources = load_challenge("neurips2020").phase(None).agent_resources
     assert float(limits["cpus"]) == resources.cpu
+    # the agent's thread pools follow its CPU limit (issue 23), unless the host gives a count
+    assert {env_of(agent)[name] for name in THREAD_VARIABLES} == {f"{resources.cpu:g}"}
+    smaller = load_compose({**COMPOSE_ENV, "FLATEVAL_AGENT_CPUS": "1"})["services"]["agent"]
+    assert {env_of(smaller)[name] for name in THREAD_VARIABLES} == {"1"}
+    assert smaller["deploy"]["resources"]["limits"]["cpus"] == "1"
+    given = load_compose({**COMPOSE_ENV, "FLATEVAL_AGENT_CPUS": "0.5", "FLATEVAL_AGENT_THREADS": "1"})
+    assert env_of(given["services"]["agent"])["OMP_NUM_THREADS"] == "1"
     assert limits["memory"].lower().rstrip("b") == resources.memory.lower().rstrip("i")
 
     # every image pinned, every reference resolvable
@@ -606,8 +615,15 @@ def test_submission_workload_pairs_the_agent_with_its_worker_safely():
                 "ephemeral-storage": phase.agent_resources.disk}
     assert agent["resources"] == {"requests": expected, "limits": expected}
     assert "envFrom" not in agent
-    assert all("valueFrom" not in e and "REDIS" not in e["name"] and "REDIS" not in e.get("value", "")
-               for e in agent["env"])
+    assert all(set(e.get("valueFrom", {})) <= {"resourceFieldRef"} and "REDIS" not in e["name"]
+               and "REDIS" not in e.get("value", "") for e in agent["env"])
+    # its thread pools sized to its CPU limit, rounded up (issue 23), unless the host sets them
+    threads = {e["name"]: e["valueFrom"]["resourceFieldRef"] for e in agent["env"] if "valueFrom" in e}
+    assert threads == {name: {"containerName": "agent", "resource": "limits.cpu", "divisor": "1"}
+                       for name in THREAD_VARIABLES}
+    (given,) = k8s.submission_manifests(EXAMPLE_SID, EXAMPLE_AGENT, agent_env={"OMP_NUM_THREADS": "2"})
+    env = given["spec"]["jobTargetRef"]["template"]["spec"]["initContainers"][0]["env"]
+    assert [e for e in env if e["name"] == "OMP_NUM_THREADS"] == [{"name": "OMP_NUM_THREADS", "value": "2"}]
     assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
     assert not spec.get("shareProcessNamespace") and not spec.get("hostNetwork")
     # fenced in: the restricted profile, a read-only root, and a size-limited /tmp (its HOME) to write in

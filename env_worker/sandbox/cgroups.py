@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.process_identity import stat_fields
+from env_worker.sandbox.spec import parse_cores
 from env_worker.sandbox.usage import AgentUsage
 
 CFS_PERIOD_US = 100_000
@@ -339,11 +340,8 @@ def cores_in_use() -> dict[int, int]:
     except OSError:
         return counts
     for path in siblings:
-        text = _read_text(path / "cpuset.cpus")
-        for part in filter(None, text.strip().split(",")):
-            low, _, high = part.partition("-")
-            for core in range(int(low), int(high or low) + 1):
-                counts[core] = counts.get(core, 0) + 1
+        for core in parse_cores(_read_text(path / "cpuset.cpus")):
+            counts[core] = counts.get(core, 0) + 1
     return counts
 
 

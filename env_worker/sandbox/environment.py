@@ -7,6 +7,7 @@ import os
 from typing import Mapping
 
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
+from core.cpu_share import thread_variables
 
 ALLOWED = frozenset({
     "PATH", "LANG", "LANGUAGE", "TZ", "TERM",
@@ -17,20 +18,16 @@ ALLOWED = frozenset({
 })
 """Locale (and ``LC_*``), the search paths and Python's own switches that hold paths or flags only."""
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-"""Numeric libraries size their thread pools from the machine's core count, not the agent's."""
-
-
 def sandboxed_environment(bind: str, home: str, cores: int, curve_secret: str | None = None,
                           base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The agent's environment: the allowlisted variables of `base` (default ours), a private HOME and
-    TMPDIR, thread pools sized to its cores, its bind endpoint and, with CURVE, its secret key."""
+    TMPDIR, thread pools sized to its cores (unless `base` sizes them), its bind endpoint and, with
+    CURVE, its secret key."""
     source = os.environ if base is None else base
     env = {key: value for key, value in source.items() if key in ALLOWED or key.startswith("LC_")}
     env.setdefault("PATH", os.defpath)
     env.update(HOME=home, TMPDIR=os.path.join(home, "tmp"), USER="agent", LOGNAME="agent")
-    for name in THREAD_VARIABLES:
-        env[name] = source.get(name) or str(cores)
+    env.update(thread_variables(cores, source))
     env[BIND_ENV] = bind
     if curve_secret:
         env[CURVE_SECRET_ENV] = curve_secret

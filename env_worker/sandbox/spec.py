@@ -56,6 +56,15 @@ def format_cores(cores: list[int]) -> str:
     return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
+def parse_cores(text: str) -> list[int]:
+    """The cores of a cpuset list: ``0-3,6`` -> [0, 1, 2, 3, 6] (`format_cores` backwards)."""
+    cores = []
+    for part in filter(None, text.strip().split(",")):
+        low, _, high = part.partition("-")
+        cores.extend(range(int(low), int(high or low) + 1))
+    return cores
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     cpus: float = AgentResources.cpu
