@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
+from core.cpu_share import thread_variables
 from env_worker.agent_process import AgentProcess, AgentStartError
 from env_worker.container.bridge import DEPS_ENV, BridgeDepsError, bridge_deps_dir
 from env_worker.container.engine import LABEL, Engine, EngineError, ImageConfig
 from env_worker.sandbox import AgentUsage, SandboxSpec
 from env_worker.sandbox import cgroups
 from env_worker.sandbox.box import BreachWatch, agent_uid, agents_dir, private_dir, remove_stale_dirs
-from env_worker.sandbox.environment import THREAD_VARIABLES
 from env_worker.sandbox.launcher import die_with_parent
 from env_worker.sandbox.spec import format_bytes, format_cores
 
@@ -97,7 +97,7 @@ class AgentContainer(AgentProcess):
         spec, config = self.limits, self.image_config
         quota = min(spec.cpus, len(self.cores))  # an engine refuses more CPUs than the machine has
         env = {BIND_ENV: self.bind, DEPS_ENV: DEPS_DIR, "HOME": "/tmp", "TMPDIR": "/tmp",
-               **{name: str(len(self.cores)) for name in THREAD_VARIABLES}}
+               **thread_variables(len(self.cores), os.environ)}  # the share's threads unless the host sizes them
         if os.environ.get(SPIN_ENV):
             env[SPIN_ENV] = os.environ[SPIN_ENV]
         args = ["run", "--name", self.name, "--label", f"{LABEL}={owner()}", "--pull", "never",
