@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Callable
+from typing import Any
 
 from core.fab_scenarios import FabScenario, FabScenarios, FabScenariosError
 from flateval.fab_api import FAILURE, GENERAL_FAILURE, STARTED, SUCCESS, FabApi, FabApiError
@@ -219,12 +219,8 @@ def _gate_cause(document: dict[str, Any], scenarios: list[FabScenario], threshol
 class FabOrchestrator:
     """FAB's orchestrator contract for one host: `run(task)` evaluates a task and reports it to FAB."""
 
-    def __init__(self, host: FabHost, api: FabApi,
-                 run_local: Callable[..., dict] | None = None) -> None:
+    def __init__(self, host: FabHost, api: FabApi) -> None:
         self.host, self.api = host, api
-        if run_local is None:
-            from flateval.local_cluster import run_local
-        self.run_local = run_local
 
     def run(self, task: FabTask) -> tuple[dict[str, dict[str, dict[str, float]]], str | None]:
         """Evaluate and report; return (test id -> scenario id -> scores, the termination cause) as FAB's
@@ -248,7 +244,7 @@ class FabOrchestrator:
 
     def _evaluate(self, task: FabTask) -> tuple[dict[str, dict[str, dict[str, float]]], str | None]:
         from core.settings import RunSettings
-        from flateval.local_cluster import RunError
+        from flateval.local_cluster import RunError, run_local
 
         sid, host = task.submission_id, self.host
         if not task.tests:
@@ -264,7 +260,7 @@ class FabOrchestrator:
         checks = _ScenarioChecks(self.api, sid, task.tests, scenarios, submission_dir, rewards_object(plan.template.rewards))
         started = time.monotonic()
         try:
-            document = self.run_local(settings, plan, on_progress=lambda episodes, record: checks.take(episodes),
+            document = run_local(settings, plan, on_progress=lambda episodes, record: checks.take(episodes),
                                       on_notice=lambda line: log.info("flateval: FAB submission %s: %s", sid, line))
             checks.take(document["episodes"])
         except RunError as exc:  # before any episode: nothing recorded
