@@ -84,11 +84,7 @@ def fab_worker(rabbitmq, fab, ecml_debug_set, scenario_table, tmp_path_factory):
 
 def test_a_fab_task_is_evaluated_in_parallel_and_scores_as_fabs_own_path(fab_worker, rabbitmq, fab, ecml_debug_set,
                                                                          scenario_table, tmp_path):
-    from flatland.evaluators.trajectory_evaluator import TrajectoryEvaluator
-    from flatland.trajectories.trajectories import Trajectory
-
-    from core.challenge import load_challenge
-    from flateval.fab_orchestrator import DEFAULT_CHALLENGE, is_submission_id, rewards_object
+    from flateval.fab_orchestrator import is_submission_id
 
     sid, tests = str(uuid.uuid4()), first_tests(scenario_table, 2)
     send_fab_task(rabbitmq.url, ECML_BENCHMARK_ID, sid, tests)
@@ -108,17 +104,30 @@ def test_a_fab_task_is_evaluated_in_parallel_and_scores_as_fabs_own_path(fab_wor
     expected = fab_sequential_scores(ecml_debug_set, scenario_table, tests, tmp_path / "fab")
     assert_same_scores(posted, expected)
 
+    assert len(recorded_by(fab_worker.data, sid, scenario_table, tests)) == 2, "the 2 pairs did not share the work"
+    assert all(is_submission_id(p.name) for p in fab_worker.data.iterdir())  # flateval's staging is gone
+
+
+def recorded_by(data: Path, sid: str, table: Path, tests: list[str]) -> set[str]:
+    """Every scenario of `tests` recorded in FAB's layout and replayed by flatland's TrajectoryEvaluator;
+    the workers that recorded them."""
+    from flatland.evaluators.trajectory_evaluator import TrajectoryEvaluator
+    from flatland.trajectories.trajectories import Trajectory
+
+    from core.challenge import load_challenge
+    from flateval.fab_orchestrator import DEFAULT_CHALLENGE, rewards_object
+
     rewards = rewards_object(load_challenge(DEFAULT_CHALLENGE).phase(None).scoring.rewards)
     workers = set()
-    for scenario_id, (test_id, _) in scenarios.items():
-        folder = fab_worker.data / sid / test_id / scenario_id
-        assert len(list((folder / "event_logs").glob("*.tsv"))) == 4
-        assert (folder / "serialised_state" / f"{scenario_id}.pkl").is_file()
-        TrajectoryEvaluator(Trajectory.load_existing(data_dir=folder, ep_id=scenario_id)).evaluate(
-            tqdm_kwargs={"disable": True}, rewards=rewards)
-        workers.add(json.loads((folder / "manifest.json").read_text())["worker"])
-    assert len(workers) == 2, "the scenarios were not shared by the 2 pairs"
-    assert all(is_submission_id(p.name) for p in fab_worker.data.iterdir())  # flateval's staging is gone
+    for test_id, scenarios in json.loads(table.read_text())["tests"].items():
+        for scenario_id in scenarios if test_id in tests else ():
+            folder = data / sid / test_id / scenario_id
+            assert len(list((folder / "event_logs").glob("*.tsv"))) == 4
+            assert (folder / "serialised_state" / f"{scenario_id}.pkl").is_file()
+            TrajectoryEvaluator(Trajectory.load_existing(data_dir=folder, ep_id=scenario_id)).evaluate(
+                tqdm_kwargs={"disable": True}, rewards=rewards)
+            workers.add(json.loads((folder / "manifest.json").read_text())["worker"])
+    return workers
 
 
 def assert_same_scores(posted: dict, expected: dict) -> None:
@@ -208,7 +217,7 @@ def test_the_submission_image_is_the_agent_and_scores_as_fabs_own_path(policy_im
     worker = start_fab_worker(rabbitmq.tls_url, fab, CLIENT_ID, CLIENT_SECRET, ecml_debug_set, scenario_table, data,
                               agent=None, benchmark_id=queue, extra_env=rabbitmq.client_tls())
     try:
-        sid, tests = str(uuid.uuid4()), first_tests(scenario_table, 1)
+        sid, tests = str(uuid.uuid4()), first_tests(scenario_table, 2)
         send_fab_task(rabbitmq.url, queue, sid, tests, image=policy_image)
         assert wait_final_status(fab, sid, worker.process, worker.log, TASK_TIMEOUT_S) == {"status": "SUCCESS"}
     finally:
@@ -216,6 +225,7 @@ def test_the_submission_image_is_the_agent_and_scores_as_fabs_own_path(policy_im
     line = next(line for line in worker.log.read_text(errors="replace").splitlines() if "sandbox: container" in line)
     assert policy_image in line, line
     assert_same_scores(fab.scores(sid), fab_sequential_scores(ecml_debug_set, scenario_table, tests, tmp_path / "fab"))
+    assert len(recorded_by(data, sid, scenario_table, tests)) == 2, "the 2 containers did not share the work"
     assert fab.violations == []
 
 
