@@ -14,6 +14,8 @@ import pytest
 from env_worker.agent_process import AgentProcess, free_tcp_endpoint
 from broker.embedded_redis import start_redis
 from env_worker.flatland_test_set import generate_test_set
+# the real container engine, Compose v2 and the base image, one instance per session for every module
+from tests.container_engine import base_image, compose, container_engine  # noqa: F401,E402 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """The real container engine for the container tests (marker `container`), shared by every test module
-that needs one: import the fixtures by name (``from tests.container_engine import container_engine``).
+through tests/conftest.py (one instance per session): a test asks for the fixtures by name.
 
 * ``container_engine``: the engine the docker CLI itself would use (``$DOCKER_HOST``, else the default
   socket). When none answers it is started by hand (``deploy/docker/engine.sh``: root, Debian's docker.io)

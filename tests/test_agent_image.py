@@ -31,7 +31,6 @@ from env_worker.container.agent import AgentContainer
 from env_worker.container.bridge import DEPS_ENV, PYTHONS
 from env_worker.container.engine import LABEL
 from env_worker.sandbox import SandboxSpec
-from tests.container_engine import base_image, container_engine  # noqa: F401 (fixtures)
 from tests.test_run import flateval
 
 REPO = Path(__file__).resolve().parent.parent

@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import REPO, free_port
 from env_worker.container.engine import Engine
-from tests.container_engine import base_image, compose, container_engine, say  # noqa: F401 (fixtures)
+from tests.container_engine import say
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
@@ -92,8 +92,8 @@ def _scores(results: dict) -> dict[str, tuple[float, float]]:
     return {e["env_file"]: (e["normalized_return"], e["percentage_complete"]) for e in results["episodes"]}
 
 
-def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: list[str],  # noqa: F811
-                                          base_image: str, small_test_set: Path, tmp_path: Path,  # noqa: F811
+def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: list[str],
+                                          base_image: str, small_test_set: Path, tmp_path: Path,
                                           request):
     engine = container_engine
     project = f"flateval-t{secrets.token_hex(3)}"

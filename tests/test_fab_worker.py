@@ -19,7 +19,6 @@ from tests.fab_contract_server import FabContractServer  # noqa: E402
 from tests.fab_reference import (AGENT, ECML_BENCHMARK_ID, fab_sequential_scores, send_fab_task,  # noqa: E402
                                  start_fab_worker, table_for, wait_final_status)
 from tests.rabbitmq_server import RabbitUnavailable, start_rabbitmq  # noqa: E402
-from tests.container_engine import base_image, container_engine  # noqa: E402,F401 (fixtures)
 from tests.test_agent_image import engine, on_engine, policy_image  # noqa: E402,F401 (its Policy image, reused)
 
 SLOW_POLICY = """
