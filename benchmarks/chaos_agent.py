@@ -1,7 +1,7 @@
 """The chaos soak's agent: a do-nothing agent (scores equal stepping the env directly) that answers
 a little late each step, and applies the faults the soak's seeded schedule gave it, on itself:
 
-    python benchmarks/chaos_agent.py '{"Test_3/Level_1.pkl": ["stop", 12, 0.8], "Test_7/Level_0.pkl": ["kill", 5, 0]}'
+    python benchmarks/chaos_agent.py '{"Test_3/Level_1.pkl": ["stop", 12, 0.8], "Test_7/Level_0.pkl": ["kill", 5, 0]}' [STEP_S]
 
 ``stop``: SIGSTOP at that step of that episode, resumed (SIGCONT) by a child after the given seconds;
 ``kill``: SIGKILL at that step. Applied by the agent itself, the fault lands in exactly the episode
@@ -17,7 +17,7 @@ import time
 
 from agent_bridge import serve
 
-STEP_DELAY_S = 0.004
+STEP_DELAY_S = float(sys.argv[2]) if len(sys.argv) > 2 else 0.004  # its time per step
 
 
 class ChaosAgent:

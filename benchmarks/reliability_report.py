@@ -5,7 +5,8 @@ Runs tests/test_faults.py, tests/test_record_faults.py and the hostile-agent mat
 measured recovery time; this script renders them as one table.
 
 It also runs the long chaos soak (benchmarks/chaos_soak.py: a few hundred episodes under a seeded
-random schedule of faults) and renders its figures, with the seed to replay it.
+random schedule of faults) and renders its figures, with the seed to replay it, and the network soak
+(benchmarks/network_soak.py: latency, loss and a partition between hosts of their own; root only).
 
     python benchmarks/reliability_report.py [--output docs/reliability.md] [--soak-seed 7] [--soak-episodes 300]
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = ["tests/test_faults.py", "tests/test_record_faults.py", "tests/test_chaos.py", "tests/test_redis_failover.py",
+          "tests/test_netns.py",
           "tests/test_episode.py::test_misbehaving_agent_costs_only_its_episode", "tests/test_sandbox.py",
           "tests/test_run.py::test_agent_that_cannot_start_fails_with_one_line_and_its_traceback_in_the_results"]
 
@@ -84,15 +86,43 @@ def main(argv: list[str] | None = None) -> int:
                                "--episodes", str(args.soak_episodes), "--json", str(soak_file)],
                               cwd=REPO, capture_output=True, text=True)
         soak_lines = soak.stdout.strip().splitlines()
+        network = subprocess.run([sys.executable, str(REPO / "benchmarks" / "network_soak.py")], cwd=REPO,
+                                 capture_output=True, text=True)
     lines = [HEADER.format(when=time.strftime("%Y-%m-%d"), summary=f"Suite: {summary.strip('= ')}")]
     for row in rows:
         recovery = "-" if row["recovery_s"] is None else f"{row['recovery_s']:.2f} s"
         what = row["what_happens"].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {row['fault']} | {what} | {recovery} |\n")
     lines.append(SOAK.format(seed=args.soak_seed, episodes=args.soak_episodes, output="\n".join(soak_lines)))
+    lines.append(network_section(network))
     args.output.write_text("".join(lines) + FOOTER)
     print(f"{len(rows)} rows written to {args.output} ({summary.strip('= ')}); soak: {soak_lines[-1:]}")
     return 0 if done.returncode == 0 and soak.returncode == 0 else 1
+
+
+def network_section(network: subprocess.CompletedProcess) -> str:
+    """The network soak's figures (a code block) and its rows (a table), or why it did not run."""
+    output = network.stdout.strip().splitlines()
+    if network.returncode == 2 or not output:  # no network namespaces here
+        return NETWORK.format(output=(output or [network.stderr.strip()[-300:]])[-1], table="")
+    start = next((i for i, line in enumerate(output) if line.startswith("| fault")), len(output))
+    return NETWORK.format(output="\n".join(output[:start]), table="\n".join(output[start:]))
+
+
+NETWORK = """
+## Network faults
+
+`python benchmarks/network_soak.py` (as root): Redis, each env worker and each agent on hosts of
+their own (network namespaces joined by links that delay, lose and cut packets:
+benchmarks/netlab.py), every episode's score compared with stepping its env directly.
+`tests/test_netns.py` runs CI-sized cases in the suite (rows above).
+
+```
+{output}
+```
+
+{table}
+"""
 
 
 SOAK = """

@@ -12,8 +12,9 @@ each start of an episode and each requeue claims a new attempt (`store.claim_att
 names the attempt that holds it, and only the latest attempt may renew that lease, drop it, or store
 the episode's result. The cut-off worker's late result is refused and its watch stops its episode.
 
-Reapers run where someone is watching anyway: `flateval run`'s follower, and every worker between
-jobs and while idle.
+Reapers run where someone is watching anyway: `flateval run`'s follower, every worker while idle,
+and every busy worker's lease thread; workers take turns (`reap_open_submissions`), so a
+submission is reaped about once a second however many workers there are.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from broker import store
 LEASE_S = 10
 """A dead worker's episode is requeued this long after its last renewal, at the latest."""
 RENEW_S = 2.0
+REAP_EVERY_S = 1.0
+"""Idle workers reap a submission once a second between them (each pass costs a command per running
+episode: without the turn, idle workers x running episodes commands a second)."""
 START_GRACE_S = 5.0
 """A job RQ just marked started may not have taken its lease yet."""
 
@@ -130,6 +134,9 @@ def _episode_index(job: Job) -> int | None:
 
 
 def reap_open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[str]:
-    """`requeue_orphans` over the open ones of the given (default: all) submissions."""
-    return [job for sid in store.open_submissions(conn, sids) for job in requeue_orphans(conn, sid)]
+    """`requeue_orphans` over the open ones of the given (default: all) submissions that no other
+    worker reaped within the last `REAP_EVERY_S`."""
+    return [job for sid in store.open_submissions(conn, sids)
+            if conn.set(store.reaping_key(sid), 1, nx=True, px=int(REAP_EVERY_S * 1000))
+            for job in requeue_orphans(conn, sid)]
 

@@ -14,6 +14,7 @@ Keys (documented in docs/architecture.md):
 - ``flateval:lease:<job id>``               string: the worker and attempt playing that episode job,
                                             renewed while it plays (see `broker.reaper`)
 - ``flateval:reaped:<job id>:<run>``        string: one reaper requeued that run of the job
+- ``flateval:reaping:<id>``                 string: a worker is reaping the submission (1 s): the others skip it
 - ``flateval:agent_slot:<i>``               string: the worker paired with compose's agent i
 - ``flateval:dataset``                      string: this Redis holds flateval's data (set with the
                                             first submission): without it, a Redis restarted empty
@@ -70,6 +71,7 @@ def attempts_key(sid: str) -> str:
 # Keys of one episode job, and of one compose agent: format them with the job id, the slot number.
 lease_key = "flateval:lease:{}".format  # the worker playing the job, renewed while it plays
 reaped_key = "flateval:reaped:{}".format  # one run of a job: set NX by the one reaper that requeues it
+reaping_key = "flateval:reaping:{}".format  # a submission id: set NX for a second by the one worker reaping it
 agent_slot_key = "flateval:agent_slot:{}".format  # the worker paired with compose's agent number <slot>
 
 

@@ -33,7 +33,8 @@ read per interval from a side thread, none per step."""
 
 class SubmissionWatch:
     """A side thread for one running episode: it renews the episode's lease (so reapers know this
-    worker is alive) and tells the loop, at the cost of an attribute read per step, to stop when
+    worker is alive), reaps the submission's orphans when it is its turn (a dead worker's episode
+    is requeued while the others are busy, not once the queue has drained) and tells the loop, at the cost of an attribute read per step, to stop when
     the submission ended or when the episode was given to another worker (this one was cut off
     from Redis past its lease: its result would be refused)."""
 
@@ -67,6 +68,7 @@ class SubmissionWatch:
                 if time.monotonic() - renewed >= reaper.RENEW_S:
                     self._renew()
                     renewed = time.monotonic()
+                    reaper.reap_open_submissions(self.conn, [self.sid])  # busy workers reap too (in turns)
                 status = store.get_status(self.conn, self.sid)
             except redis.RedisError:
                 continue  # Redis away for a moment: keep playing, look again

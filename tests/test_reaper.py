@@ -70,3 +70,24 @@ def test_a_worker_taken_for_dead_is_fenced_off_when_it_comes_back(redis_conn):
     assert store.record_result(redis_conn, sid, 0, played, second)[0] == 1
     assert store.record_result(redis_conn, sid, 0, late, first) == (store.RECORD_FENCED, 0)
     assert store.get_results(redis_conn, sid) == [played]
+
+
+def test_idle_workers_take_turns_to_reap(redis_conn):
+    """A pass costs a command per running episode: idle workers reap a submission once a second
+    between them, not once each (benchmarks/redis_scale.py measures both)."""
+    episodes = [PlannedEpisode(env_file="Test_0/Level_0.pkl", seed=1001, env_path="x", test=0, level=0)]
+    plan = make_plan(episodes, Phase(name="p", stop_rules=StopRules(None, None)))
+    sid = submit.create(redis_conn, plan)
+    submit.enqueue(redis_conn, sid, plan, submit.episode_specs(sid, plan))
+    queue = store.submission_queue(redis_conn, sid)
+    job = Job.fetch(queue.job_ids[0], connection=redis_conn, serializer=JSONSerializer)
+    job.started_at = datetime.now(timezone.utc) - timedelta(seconds=60)
+    job.save()
+    queue.remove(job)
+    redis_conn.zadd(StartedJobRegistry(queue=queue).key, {f"{job.id}:execution-1": time.time() + 600})
+    redis_conn.set(store.reaping_key(sid), 1, px=60_000)  # another worker's turn
+
+    assert reaper.reap_open_submissions(redis_conn, [sid]) == []
+    redis_conn.delete(store.reaping_key(sid))  # its second is over
+    assert reaper.reap_open_submissions(redis_conn, [sid]) == [job.id]
+    assert 0 < redis_conn.pttl(store.reaping_key(sid)) <= reaper.REAP_EVERY_S * 1000
