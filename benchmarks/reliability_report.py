@@ -43,11 +43,16 @@ FOOTER = """
 
 - **Dead workers.** A running episode holds a lease (`flateval:lease:<job id>`, 10 s) that its
   worker renews every 2 s from a side thread. A job in RQ's started registry whose lease ran out
-  belongs to a dead worker; reapers (in `flateval run`, and in every worker between jobs and while
-  idle) put it back on its queue. `flateval run` also respawns the dead pair (worker and agent).
+  belongs to a dead worker; reapers (in `flateval run`, and in every worker, idle or busy, taking
+  turns: one pass a second per submission) put it back on its queue. `flateval run` also respawns the dead pair (worker and agent).
 - **Nothing counted twice.** Results are stored with one `HSET` per (submission, episode index)
   inside a Lua script that refuses results for an ended submission; the job whose result completes
   the set finalizes, guarded by `HSETNX`. Re-runs and duplicate deliveries replace, never add.
+- **Workers taken for dead that come back.** Every start of an episode and every requeue claims a
+  new attempt (`flateval:submission:<id>:attempts`); the lease names its attempt, and only the
+  latest attempt may renew or drop the lease or store the result (checked in the same Lua script).
+  A worker cut off from Redis past its lease finds, when its link returns, that it lost the
+  episode: it stops playing it at once and stores nothing.
 - **Redis restarts.** Every client retries each command with exponential back-off (50 ms doubling
   to 2 s, about 25 s in all); RQ's dequeue loop backs off on its own. Use an append-only file.
 - **Hostile agents.** Replies are decoded as plain msgpack with ext types refused, size-capped by

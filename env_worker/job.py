@@ -8,6 +8,7 @@ the score from what is stored).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -62,13 +63,15 @@ class SubmissionWatch:
             self.reason = self.reason or LEASE_LOST
 
     def _watch(self) -> None:
-        renewed = time.monotonic()
+        renewed, reaped = time.monotonic(), -math.inf
         while not self._done.wait(WATCH_INTERVAL_S):
             try:
                 if time.monotonic() - renewed >= reaper.RENEW_S:
                     self._renew()
                     renewed = time.monotonic()
-                    reaper.reap_open_submissions(self.conn, [self.sid])  # busy workers reap too (in turns)
+                if time.monotonic() - reaped >= reaper.REAP_EVERY_S:  # busy workers reap too, in turns
+                    reaped = time.monotonic()
+                    reaper.reap_open_submissions(self.conn, [self.sid])
                 status = store.get_status(self.conn, self.sid)
             except redis.RedisError:
                 continue  # Redis away for a moment: keep playing, look again
