@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from env_worker.agent_process import wait_for_handshake
-from env_worker.container import EngineError, bridge_deps_dir, find_engine
+from env_worker.container import bridge_deps_dir
 from env_worker.container.agent import AgentContainer
-from env_worker.container.bridge import DEPS_ENV, PYTHONS
+from env_worker.container.bridge import PYTHONS
 from env_worker.container.engine import LABEL
 from env_worker.sandbox import SandboxSpec
 from tests.test_run import flateval
@@ -323,37 +323,42 @@ def test_no_image_is_one_line(engine, small_test_set):
     assert done.stderr.count("\n") == 1 and "no image flateval-test/none:0 on Docker Engine" in done.stderr
 
 
-def _interpreters() -> list[tuple[str, str]]:
-    """One CPython per version 3.8-3.13 found on this machine (pyenv's, or the system's)."""
+def _pythons() -> list[tuple[str, Path]]:
+    """One CPython installation per version 3.8-3.13 that this machine has as a whole prefix (pyenv's)."""
     found = []
     for version in PYTHONS:
-        candidates = [*sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python")),
-                      *(Path(d) / f"python{version}" for d in ("/usr/bin", "/usr/local/bin"))]
-        path = next((c for c in candidates if c.exists()), None)
-        if path:
-            found.append((version, str(path)))
+        prefixes = sorted(Path.home().glob(f".pyenv/versions/{version}.*"))
+        if prefixes and (prefixes[-1] / "bin" / "python").exists():
+            found.append((version, prefixes[-1]))
     return found
 
 
-def test_agent_bridge_runs_on_every_python_from_the_deps_folder(tmp_path):
-    """What an image gets mounted (the deps folder) serves the bridge on each CPython 3.8-3.13 found
-    here, none of which has pyzmq or msgpack of its own (``-s``: no user site)."""
-    deps = bridge_deps_dir()
-    interpreters = _interpreters()
-    if not interpreters:
-        pytest.skip("no CPython 3.8-3.13 besides ours on this machine")
-    print("interpreters:", " ".join(v for v, _ in interpreters))
-    for version, python in interpreters:
-        endpoint = f"ipc://{tmp_path}/{version}.sock"
-        agent = subprocess.Popen([python, "-s", "-m", "agent_bridge.examples.do_nothing"], cwd=REPO,
-                                 env={"PATH": os.environ["PATH"], DEPS_ENV: str(deps), "FLATEVAL_AGENT_BIND": endpoint},
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+@on_engine
+def test_agent_bridge_runs_in_a_container_on_every_python(engine, base_image, tmp_path):
+    """Each CPython 3.8-3.13 found here, mounted into the base image (which has only Debian's 3.11)
+    and started by flateval's own container arguments, serves the bridge from what flateval brings
+    in: agent_bridge in the working directory, pyzmq and msgpack from the deps folder."""
+    pythons = _pythons()
+    if not pythons:
+        pytest.skip("no CPython 3.8-3.13 installation (pyenv's) on this machine to mount")
+    say = []
+    for version, prefix in pythons:
+        container = AgentContainer(base_image, "/opt/python/bin/python -s -m agent_bridge.examples.do_nothing",
+                                   tmp_path / "agent.log", engine, SandboxSpec.from_options(1, "1Gi"))
+        container.name = f"flateval-python-{os.getpid()}-{version}"
+        args = container.run_args()
+        args[args.index(base_image):args.index(base_image)] = [
+            "-v", f"{prefix}:/opt/python:ro", "-e", "LD_LIBRARY_PATH=/opt/python/lib"]
+        with open(tmp_path / "agent.log", "ab") as log:
+            process = subprocess.Popen([engine.cli, *args], stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_handshake(endpoint, 30, exited=lambda: None if agent.poll() is None else
-                               f"python {version}: {agent.stdout.read().decode()[-300:]}")
+            wait_for_handshake(container.endpoint, 60, exited=lambda: None if process.poll() is None else
+                               f"python {version}: {(tmp_path / 'agent.log').read_text()[-300:]}")
         finally:
-            agent.kill()
-            agent.wait()
+            engine.run("rm", "-f", container.name, check=False)
+            process.wait()
+        say.append(version)
+    print("bridge served in a container on Python", " ".join(say))
 
 
 def test_deps_folder_offline_from_a_wheel_folder(tmp_path, monkeypatch):
