@@ -62,6 +62,16 @@ class SubmissionWatch:
         if not reaper.take_lease(self.conn, self.sid, self.index, self.job_id, self.owner, self.attempt):
             self.reason = self.reason or LEASE_LOST
 
+    def _reap(self) -> None:
+        """Requeue other workers' orphans: a service to the others, which must never cost this
+        episode its lease thread (a job RQ cannot read is the reaper's problem, not ours)."""
+        try:
+            reaper.reap_open_submissions(self.conn, [self.sid])
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged, and this thread goes on renewing
+            worker_logger().warning(f"reaping {self.sid} failed: {type(exc).__name__}: {exc}")
+
     def _watch(self) -> None:
         renewed, reaped = time.monotonic(), -math.inf
         while not self._done.wait(WATCH_INTERVAL_S):
@@ -71,7 +81,7 @@ class SubmissionWatch:
                     renewed = time.monotonic()
                 if time.monotonic() - reaped >= reaper.REAP_EVERY_S:  # busy workers reap too, in turns
                     reaped = time.monotonic()
-                    reaper.reap_open_submissions(self.conn, [self.sid])
+                    self._reap()
                 status = store.get_status(self.conn, self.sid)
             except redis.RedisError:
                 continue  # Redis away for a moment: keep playing, look again
