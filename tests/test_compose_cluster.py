@@ -144,6 +144,8 @@ def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: lis
 
     run(*dc, "config", "--quiet")  # valid Compose v2, with this env file
     up = False
+    images = run(*dc, "config", "--images").stdout.split()
+    before = _image_ids(engine, images)
     try:
         timed("build", *dc, "build")
         up = True
@@ -235,10 +237,24 @@ def test_compose_cluster_on_a_real_engine(container_engine: Engine, compose: lis
         if up:
             subprocess.run([*dc, "down", "-v", "--timeout", "5"], cwd=DEPLOY, env=shell, capture_output=True,
                            timeout=300)
+        # the images this build replaced would pile up run after run (the build cache stays)
+        replaced = set(before.values()) - set(_image_ids(engine, images).values())
+        if replaced:
+            engine.run("rmi", *replaced, check=False, timeout_s=120)  # refused for any still in use
         if times:
             say(request.config, "compose cluster, measured: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
     say(request.config, "compose cluster, per-episode scores (normalized return, % done), cluster = flateval run: "
          + "; ".join(f"{k} {v[0]:.4f} {v[1]:.0%}" for k, v in sorted(_scores(cluster).items())))
+
+
+def _image_ids(engine: Engine, tags: list[str]) -> dict[str, str]:
+    """The image id each of these tags names now (tags that name none are left out)."""
+    ids = {}
+    for tag in tags:
+        done = engine.run("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+        if done.returncode == 0:
+            ids[tag] = done.stdout.strip()
+    return ids
 
 
 def _finished(run, sid: str, env: dict, timeout_s: float = 300) -> dict:
