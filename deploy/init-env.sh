@@ -1,7 +1,7 @@
 #!/bin/sh
 # Write deploy/.env (or the file named) for `docker compose`, adding only the keys it lacks:
 # random hex passwords, the agent limits fitted to this machine (the challenge's 4 CPUs and 15 GiB, or
-# what the machine has: the engine refuses more CPUs than there are), and the base image when
+# each pair's fair share of what the machine has: the engine refuses more CPUs than there are), and the base image when
 # deploy/docker/base-image.sh has built it. Run it again after editing: what you set is kept.
 #   deploy/init-env.sh [ENV_FILE]
 set -eu
@@ -17,7 +17,13 @@ put REDIS_PASSWORD "$(hex 24)"
 put GRAFANA_ADMIN_PASSWORD "$(hex 12)"
 put FLATEVAL_PAIRS 2
 cpus=$(nproc)
-put FLATEVAL_AGENT_CPUS "$(( cpus < 4 ? cpus : 4 ))"
+pairs=$(sed -n 's/^FLATEVAL_PAIRS=//p' "$ENV_FILE" | tail -n 1)
+# each agent's fair share of the machine when the pairs' agents do not fit (core/cpu_share.py: 1 core
+# each for 2 pairs on 2 cores, so that their thread pools do not fight); without python3, the cores it has
+share=$(PYTHONPATH="$here/.." python3 -c 'import sys; from core.cpu_share import fair_share
+print(f"{fair_share(4, int(sys.argv[1]), int(sys.argv[2])).cpus:g}")' "${pairs:-2}" "$cpus" 2>/dev/null) \
+  || share=$(( cpus < 4 ? cpus : 4 ))
+put FLATEVAL_AGENT_CPUS "$share"
 mem_mib=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 / 2 ))
 put FLATEVAL_AGENT_MEMORY "$(( mem_mib < 15360 ? mem_mib : 15360 ))m"
 base=${FLATEVAL_BASE_IMAGE:-flateval/base:bookworm-r1}
