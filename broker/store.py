@@ -10,7 +10,8 @@ Keys (documented in docs/architecture.md):
 - ``flateval:submission:<id>:specs``        hash: episode index -> episode spec (JSON), kept only
                                             when a completion gate releases tests one by one
 - ``flateval:submission:<id>:attempts``     hash: episode index -> the latest attempt given out to
-                                            play it; only that attempt may store its result (fencing)
+                                            play it; only that attempt may store its result (fencing);
+                                            and <index>:<claim> -> the attempt that claim was given
 - ``flateval:lease:<job id>``               string: the worker and attempt playing that episode job,
                                             renewed while it plays (see `broker.reaper`)
 - ``flateval:reaped:<job id>:<run>``        string: one reaper requeued that run of the job
@@ -323,10 +324,25 @@ def record_result(conn: redis.Redis, sid: str, index: int, result: dict[str, Any
     return int(state), int(streak)
 
 
-def claim_attempt(conn: redis.Redis, sid: str, index: int) -> int:
+_CLAIM_ATTEMPT = """
+local number = redis.call('HGET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+if number then return tonumber(number) end
+number = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HSET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], number)
+return number
+"""
+
+
+def claim_attempt(conn: redis.Redis, sid: str, index: int, claim: str | None = None) -> int:
     """A new attempt at the episode, which fences off every earlier one (a worker starting it, or a
-    reaper taking it from a worker it believes dead): only the latest attempt stores a result."""
-    return int(conn.hincrby(attempts_key(sid), str(index), 1))
+    reaper taking it from a worker it believes dead): only the latest attempt stores a result.
+
+    A worker names its `claim` (unique to its run): the client retries a command whose reply was
+    lost, and a second increment would fence the worker off its own episode. The reaper's bump
+    needs no name: two bumps fence the same worker."""
+    if claim is None:
+        return int(conn.hincrby(attempts_key(sid), str(index), 1))
+    return int(conn.eval(_CLAIM_ATTEMPT, 1, attempts_key(sid), str(index), claim))
 
 
 

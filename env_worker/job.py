@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def play_episode(context: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]
     if root and episode.env_path:  # a gymnasium episode has no env file
         episode = EpisodeSpec.from_dict({**episode.as_dict(), "env_path": str(Path(root) / episode.env_file)})
     pair = context.agent
-    attempt = store.claim_attempt(conn, sid, episode.index)
+    attempt = store.claim_attempt(conn, sid, episode.index, uuid.uuid4().hex)
     # The lease lasts until the agent is ready for the next episode: a slow restart is no dead worker.
     with SubmissionWatch(conn, sid, record.deadline_at, job.id, pair.name, episode.index, attempt) as watch:
         result = run_episode(episode, pair.link, context.observers, stop=watch)

@@ -47,7 +47,7 @@ def test_a_worker_taken_for_dead_is_fenced_off_when_it_comes_back(redis_conn):
     submit.enqueue(redis_conn, sid, plan, submit.episode_specs(sid, plan))
     queue = store.submission_queue(redis_conn, sid)
     job_id = queue.job_ids[0]
-    first = store.claim_attempt(redis_conn, sid, 0)
+    first = store.claim_attempt(redis_conn, sid, 0, "run-1")
     assert reaper.take_lease(redis_conn, sid, 0, job_id, "cut-off", first)
     job = Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
     job.started_at = datetime.now(timezone.utc) - timedelta(seconds=60)
@@ -58,7 +58,8 @@ def test_a_worker_taken_for_dead_is_fenced_off_when_it_comes_back(redis_conn):
 
     assert reaper.requeue_orphans(redis_conn, sid) == [job_id]
     assert not reaper.take_lease(redis_conn, sid, 0, job_id, "cut-off", first)  # fenced before anyone took it
-    second = store.claim_attempt(redis_conn, sid, 0)
+    second = store.claim_attempt(redis_conn, sid, 0, "run-2")
+    assert store.claim_attempt(redis_conn, sid, 0, "run-2") == second  # a retried claim is the same attempt
     assert reaper.take_lease(redis_conn, sid, 0, job_id, "other", second)
     reaper.drop_lease(redis_conn, job_id, "cut-off", first)  # the first worker's end leaves the lease alone
     assert redis_conn.get(store.lease_key(job_id)) == reaper.lease_holder("other", second).encode()
