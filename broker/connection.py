@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 RETRIES = 16
 SENTINEL_RETRIES = 40
@@ -109,10 +109,26 @@ def redis_connection(url: str, **kwargs) -> redis.Redis:
     return _primary_of(sentinel, **options)
 
 
+class PrimaryConnection(SentinelManagedConnection):
+    """A connection to the primary the sentinels name at the moment it (re)connects.
+
+    redis-py's own reconnects a dropped connection, when a command is retried, at the address it
+    last had (`send_packed_command` -> `connect_check_health`): after a failover, the dead primary,
+    for the whole retry budget. Asking the sentinels there, and leaving the retries to the command,
+    follows the failover within one back-off step.
+    """
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+
 def _primary_of(address: SentinelAddress, **options) -> redis.Redis:
     """A client of the service's current primary; every reconnection asks the sentinels again."""
     sentinels = Sentinel(list(address.sentinels), sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2})
-    return sentinels.master_for(address.service, db=address.db, password=address.password, **options)
+    return sentinels.master_for(address.service, db=address.db, password=address.password,
+                                connection_class=PrimaryConnection, **options)
 
 
 def connect(url: str) -> redis.Redis:

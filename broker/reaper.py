@@ -12,6 +12,12 @@ each start of an episode and each requeue claims a new attempt (`store.claim_att
 names the attempt that holds it, and only the latest attempt may renew that lease, drop it, or store
 the episode's result. The cut-off worker's late result is refused and its watch stops its episode.
 
+An episode can also be lost outright: a Redis failover that drops the last writes may take back
+its dequeue or its result while its worker moved on, and two workers that played it across the
+failover may fence each other off. Once the queue is empty and no result came for a while, an
+episode with no result, no job queued or started and no lease is re-enqueued from its stored spec
+(`requeue_lost`); one that keeps getting lost fails the submission rather than loop.
+
 Reapers run where someone is watching anyway: `flateval run`'s follower, every worker while idle,
 and every busy worker's lease thread; workers take turns (`reap_open_submissions`), so a
 submission is reaped about once a second however many workers there are.
@@ -19,6 +25,8 @@ submission is reaped about once a second however many workers there are.
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import datetime, timezone
 
 import redis
@@ -28,11 +36,12 @@ try:
     from rq.executions import Execution
 except ImportError:  # RQ 1 has no executions: its registry entries are plain job ids
     Execution = None
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from broker import store
+from broker import stop_rules, store, submit
+from core.episode_spec import EpisodeSpec
 
 LEASE_S = 10
 """A dead worker's episode is requeued this long after its last renewal, at the latest."""
@@ -42,6 +51,10 @@ REAP_EVERY_S = 1.0
 episode: without the turn, idle workers x running episodes commands a second)."""
 START_GRACE_S = 5.0
 """A job RQ just marked started may not have taken its lease yet."""
+LOST_GRACE_S = 5.0
+"""How long a submission must go without a result (or a release) before an episode nobody plays is lost."""
+MAX_ATTEMPTS = 10
+"""An episode given out this often without a result fails its submission (a job that always raises)."""
 
 
 _TAKE_LEASE = """
@@ -133,10 +146,61 @@ def _episode_index(job: Job) -> int | None:
     return spec.get("index") if isinstance(spec, dict) else None
 
 
+def requeue_lost(conn: redis.Redis, sid: str) -> list[str]:
+    """Re-enqueue the submission's episodes that nobody plays and nobody will; return their job ids.
+
+    Looked for only when the queue is empty and no result came for `LOST_GRACE_S` (a few cheap
+    reads otherwise): then an episode released to play, without a result, not queued, not in RQ's
+    started registry, without a lease and whose job (if any) ended a while ago is lost.
+    """
+    queue = store.submission_queue(conn, sid)
+    if queue.count:
+        return []
+    record = store.get_submission(conn, sid)
+    if record is None or record.status in store.TERMINAL or record.enqueued_at is None:
+        return []
+    if time.time() - max(record.enqueued_at, record.last_result_at or 0.0) < LOST_GRACE_S:
+        return []
+    released = (range(record.planned_episodes or record.n_episodes) if not record.tests
+                else [i for _, indices in record.tests[:record.released or 0] for i in indices])
+    played = {int(i) for i in conn.hkeys(store.results_key(sid))}
+    started = {entry.decode().split(":", 1)[0] for entry in conn.zrange(StartedJobRegistry(queue=queue).key, 0, -1)}
+    requeued = []
+    for index in sorted(set(released) - played):
+        job_id = store.episode_job_id(sid, index)
+        if job_id in started or conn.exists(store.lease_key(job_id)) or not _ended_long_ago(conn, job_id):
+            continue
+        raw = conn.hget(store.specs_key(sid), str(index))
+        attempts = int(conn.hget(store.attempts_key(sid), str(index)) or 0)
+        if raw is None or not conn.set(store.reaped_key(f"{job_id}:lost:{attempts}"), 1, nx=True, ex=60):
+            continue  # no spec to play it from (a record older than this rule), or another reaper has it
+        if attempts >= MAX_ATTEMPTS:
+            stop_rules.fail(conn, sid, f"episode {index} was given out {attempts} times without a result")
+            return requeued
+        store.claim_attempt(conn, sid, index)
+        spec = EpisodeSpec.from_dict(json.loads(raw))
+        queue.enqueue_many([submit.episode_job(spec, record.overall_s or 3600.0)])
+        requeued.append(job_id)
+    return requeued
+
+
+def _ended_long_ago(conn: redis.Redis, job_id: str) -> bool:
+    """Whether the job is gone, or ended (finished, failed, stopped) `LOST_GRACE_S` ago or more."""
+    try:
+        job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return True
+    if job.get_status(refresh=False) not in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED,
+                                             JobStatus.CANCELED):
+        return False
+    ended = job.ended_at.replace(tzinfo=timezone.utc) if job.ended_at else None
+    return ended is None or (datetime.now(timezone.utc) - ended).total_seconds() >= LOST_GRACE_S
+
+
 def reap_open_submissions(conn: redis.Redis, sids: list[str] | None = None) -> list[str]:
-    """`requeue_orphans` over the open ones of the given (default: all) submissions that no other
-    worker reaped within the last `REAP_EVERY_S`."""
+    """`requeue_orphans` and `requeue_lost` over the open ones of the given (default: all)
+    submissions that no other worker reaped within the last `REAP_EVERY_S`."""
     return [job for sid in store.open_submissions(conn, sids)
             if conn.set(store.reaping_key(sid), 1, nx=True, px=int(REAP_EVERY_S * 1000))
-            for job in requeue_orphans(conn, sid)]
+            for job in requeue_orphans(conn, sid) + requeue_lost(conn, sid)]
 

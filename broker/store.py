@@ -7,8 +7,8 @@ Keys (documented in docs/architecture.md):
 - ``flateval:submission:<id>:results``      hash: episode index -> result record (JSON); a re-run
                                             replaces the field, so a result is never counted twice
 - ``flateval:submission:<id>:agent_logs``   hash: pair name -> last 10,000 chars of its agent's output
-- ``flateval:submission:<id>:specs``        hash: episode index -> episode spec (JSON), kept only
-                                            when a completion gate releases tests one by one
+- ``flateval:submission:<id>:specs``        hash: episode index -> episode spec (JSON): the gate
+                                            releases tests from it, the reaper re-runs lost episodes
 - ``flateval:submission:<id>:attempts``     hash: episode index -> the latest attempt given out to
                                             play it; only that attempt may store its result (fencing);
                                             and <index>:<claim> -> the attempt that claim was given

@@ -68,7 +68,8 @@ def create(conn: redis.Redis, plan: SubmissionPlan, name: str | None = None, sid
     return sid
 
 
-def _job(spec: EpisodeSpec, job_timeout_s: float) -> dict:
+def episode_job(spec: EpisodeSpec, job_timeout_s: float) -> dict:
+    """The RQ job that plays one episode (`Queue.prepare_data`, for `enqueue_many`)."""
     return Queue.prepare_data(JOB_FUNCTION, args=(spec.as_dict(),), job_id=store.episode_job_id(spec.submission_id, spec.index),
                               timeout=int(job_timeout_s) + 60, result_ttl=RESULT_TTL_S, failure_ttl=FAILURE_TTL_S,
                               description=f"{spec.submission_id} {spec.env_file}")
@@ -79,15 +80,16 @@ def enqueue(conn: redis.Redis, sid: str, plan: SubmissionPlan, specs: Sequence[E
     queue = store.submission_queue(conn, sid)
     now = time.time()
     fields: dict = {"enqueued_at": now, "deadline_at": now + plan.overall_s}
+    # every spec is kept: the gate releases tests from them, the reaper re-runs lost episodes from them
+    conn.hset(store.specs_key(sid), mapping={str(s.index): json.dumps(s.as_dict()) for s in specs})
     if plan.completion_gate is None:
         first = sorted(specs, key=lambda s: -_size(s.env_path))
     else:
         tests = tests_in_order(specs)
         fields.update(tests=tests, released=1)
-        conn.hset(store.specs_key(sid), mapping={str(s.index): json.dumps(s.as_dict()) for s in specs})
         first = [s for s in specs if s.index in set(tests[0][1])]
     store.update_submission(conn, sid, **fields)
-    queue.enqueue_many([_job(s, plan.overall_s) for s in first])
+    queue.enqueue_many([episode_job(s, plan.overall_s) for s in first])
     store.transition(conn, sid, store.QUEUED, (store.SUBMITTED,))
     return queue
 
@@ -96,7 +98,7 @@ def release(conn: redis.Redis, sid: str, indices: Sequence[int], job_timeout_s: 
     """Enqueue more of a submission's episodes (the gate's next test)."""
     raw = conn.hmget(store.specs_key(sid), [str(i) for i in indices])
     specs = [EpisodeSpec.from_dict(json.loads(r)) for r in raw if r]
-    store.submission_queue(conn, sid).enqueue_many([_job(s, job_timeout_s) for s in specs])
+    store.submission_queue(conn, sid).enqueue_many([episode_job(s, job_timeout_s) for s in specs])
 
 
 def drop_queue(conn: redis.Redis, sid: str) -> int:

@@ -331,6 +331,9 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
         cluster.agent_image = settings.agent_image
         try:
             _evaluate(conn, sid, cluster, settings, plan, redis_url, on_progress, on_notice)
+        except redis.RedisError as exc:  # past the client's retries: Redis is gone for good
+            lost = RunError(f"Redis at {connection.redact(redis_url)} stopped answering: {exc}")
+            raise _ended_early(conn, sid, cluster, lost) from None
         except (RunError, KeyboardInterrupt) as exc:
             raise _ended_early(conn, sid, cluster, exc) from None
         cluster.stop_pairs()
@@ -421,5 +424,6 @@ def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
             return
         if time.monotonic() - reaped_at > REAP_EVERY_S:
             reaper.requeue_orphans(conn, sid)
+            reaper.requeue_lost(conn, sid)
             reaped_at = time.monotonic()
         time.sleep(POLL_S)  # progress polling of Redis, not a synchronization point

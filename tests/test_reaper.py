@@ -92,3 +92,29 @@ def test_idle_workers_take_turns_to_reap(redis_conn):
     redis_conn.delete(store.reaping_key(sid))  # its second is over
     assert reaper.reap_open_submissions(redis_conn, [sid]) == [job.id]
     assert 0 < redis_conn.pttl(store.reaping_key(sid)) <= reaper.REAP_EVERY_S * 1000
+
+
+def test_an_episode_nobody_plays_any_more_is_re_enqueued_once(redis_conn):
+    """What a failover that lost the last writes leaves: episode 1's job is gone (its dequeue and its
+    result were lost, its worker moved on) and no result comes. Once the queue is empty and no result
+    came for a while, it is re-enqueued from its spec, once; episodes played or under way are not."""
+    episodes = [PlannedEpisode(env_file=f"Test_0/Level_{i}.pkl", seed=1001, env_path="x", test=0, level=i)
+                for i in range(3)]
+    plan = make_plan(episodes, Phase(name="p", stop_rules=StopRules(None, None)))
+    sid = submit.create(redis_conn, plan)
+    submit.enqueue(redis_conn, sid, plan, submit.episode_specs(sid, plan))
+    queue = store.submission_queue(redis_conn, sid)
+    store.record_result(redis_conn, sid, 0, {"index": 0, "outcome": "completed", "normalized_return": -0.5})
+    lost, leased = store.episode_job_id(sid, 1), store.episode_job_id(sid, 2)
+    queue.empty()  # deletes the jobs too: as if their dequeues were kept and their results lost
+    redis_conn.set(store.lease_key(leased), "a worker attempt 1", ex=10)  # under way
+
+    assert reaper.requeue_lost(redis_conn, sid) == []  # a result came just now: nothing is lost yet
+    store.update_submission(redis_conn, sid, last_result_at=time.time() - reaper.LOST_GRACE_S - 1,
+                            enqueued_at=time.time() - 60)
+    assert reaper.requeue_lost(redis_conn, sid) == [lost]
+    assert queue.job_ids == [lost]
+    job = Job.fetch(lost, connection=redis_conn, serializer=JSONSerializer)
+    assert job.args[0]["index"] == 1 and job.args[0]["env_file"] == "Test_0/Level_1.pkl"
+    assert redis_conn.hget(store.attempts_key(sid), "1") == b"1"  # fences whoever played it before
+    assert reaper.requeue_lost(redis_conn, sid) == []  # queued now: not lost twice
