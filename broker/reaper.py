@@ -49,6 +49,8 @@ RENEW_S = 2.0
 REAP_EVERY_S = 1.0
 """Idle workers reap a submission once a second between them (each pass costs a command per running
 episode: without the turn, idle workers x running episodes commands a second)."""
+KEEP_FENCED_JOB_S = 24 * 3600
+"""How long a fenced run keeps its job's hash for the requeued run, when the job names no timeout."""
 START_GRACE_S = 5.0
 """A job RQ just marked started may not have taken its lease yet."""
 LOST_GRACE_S = 5.0

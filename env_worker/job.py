@@ -140,9 +140,20 @@ def play_episode(context: WorkerContext, spec: dict[str, Any]) -> dict[str, Any]
             state, streak = store.record_result(conn, sid, episode.index, row, attempt)
             if state == store.RECORD_FENCED:
                 worker_logger().info(f"{pair.name}: {sid} {episode.env_file}: result dropped: {LEASE_LOST}")
+                watch.reason = LEASE_LOST
             stop_rules.after_result(conn, sid, episode.test, state, streak)
         tail = pair.output_tail()
         if tail is not None:
             store.save_agent_log(conn, sid, pair.name, tail)
         pair.after_episode(result, episode.notice_timeout_s)
+    if watch.reason == LEASE_LOST:
+        keep_requeued_job(job)
     return {"outcome": result.outcome, "normalized_return": result.normalized_return}
+
+
+def keep_requeued_job(job: Any) -> None:
+    """This run lost its episode to a later attempt: the reaper put the same job back on the queue,
+    and RQ, told to keep no result (``result_ttl=0``), would now delete the job's hash, so that the
+    queued run would be skipped when dequeued and the episode never played. Keep the hash as long
+    as the job may run."""
+    job.result_ttl = job.timeout or reaper.KEEP_FENCED_JOB_S

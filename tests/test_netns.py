@@ -148,6 +148,28 @@ def test_a_worker_cut_off_past_its_lease_is_fenced(cluster, small_test_set, tmp_
                  "episode counted once", requeued_s)
 
 
+def test_a_fenced_run_leaves_its_requeued_job_playable(cluster, small_test_set, tmp_path):
+    """The cut-off worker comes back before anyone took its requeued episode: its run is refused,
+    and the job it leaves must still be playable (RQ deletes a finished job's hash when it keeps
+    no result: the queued run would then be skipped and the episode never played)."""
+    [longest] = by_steps(small_test_set)[:1]
+    layout = layout_of(tmp_path / "tests", [longest])
+    agent, _ = slow_agent(tmp_path, delay=0.01)
+    net = cluster(1, agent)
+    net.start_workers()
+    [pair] = net.pairs
+    sid = net.submit(tmp_path / "tests")
+    job_id, _ = wait_until(lambda: holder(net.conn), 60, "the episode to start")
+    pair.redis.cut()
+    wait_until(lambda: not net.conn.exists(store.lease_key(job_id)), 30, "its lease to lapse")
+    assert wait_until(lambda: reaper.requeue_orphans(net.conn, sid), 30, "the reaper") == [job_id]
+    pair.redis.restore()
+    assert net.wait_ended(sid, 90) == "finished"
+    check(net.results(sid), layout)
+    assert store.count_results(net.conn, sid) == 1
+    assert "given to another worker" in pair.log_text()
+
+
 def test_a_cut_to_the_agent_follows_the_deadline_rules(cluster, small_test_set, tmp_path, fault_report):
     """The link between a worker and its agent cut within a step deadline: nothing changes (TCP
     resends); cut past it: that episode is a timeout, and the next one plays as usual."""
