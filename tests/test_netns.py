@@ -148,7 +148,7 @@ def test_a_worker_cut_off_past_its_lease_is_fenced(cluster, small_test_set, tmp_
                  "episode counted once", requeued_s)
 
 
-def test_a_fenced_run_leaves_its_requeued_job_playable(cluster, small_test_set, tmp_path):
+def test_a_fenced_run_leaves_its_requeued_job_playable(cluster, small_test_set, tmp_path, fault_report):
     """The cut-off worker comes back before anyone took its requeued episode: its run is refused,
     and the job it leaves must still be playable (RQ deletes a finished job's hash when it keeps
     no result: the queued run would then be skipped and the episode never played)."""
@@ -168,6 +168,10 @@ def test_a_fenced_run_leaves_its_requeued_job_playable(cluster, small_test_set, 
     check(net.results(sid), layout)
     assert store.count_results(net.conn, sid) == 1
     assert "given to another worker" in pair.log_text()
+    fault_report("an env worker cut off from Redis past its lease, back before any worker took its requeued episode",
+                 "its run is refused (fenced) and the job stays playable (RQ, keeping no results, would have deleted "
+                 "it: the queued run skipped, the episode never played); it plays the episode again; the score is "
+                 "exact, the episode counted once", None)
 
 
 def test_a_cut_to_the_agent_follows_the_deadline_rules(cluster, small_test_set, tmp_path, fault_report):
