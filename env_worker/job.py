@@ -36,9 +36,10 @@ read per interval from a side thread, none per step."""
 class SubmissionWatch:
     """A side thread for one running episode: it renews the episode's lease (so reapers know this
     worker is alive), reaps the submission's orphans when it is its turn (a dead worker's episode
-    is requeued while the others are busy, not once the queue has drained) and tells the loop, at the cost of an attribute read per step, to stop when
-    the submission ended or when the episode was given to another worker (this one was cut off
-    from Redis past its lease: its result would be refused)."""
+    is requeued while the others are busy, not once the queue has drained), and tells the loop,
+    at the cost of an attribute read per step, to stop when the submission ended or when the
+    episode was given to another worker (this one was cut off from Redis past its lease: its
+    result would be refused)."""
 
     def __init__(self, conn: redis.Redis, sid: str, deadline_at: float | None, job_id: str, owner: str,
                  index: int, attempt: int) -> None:
