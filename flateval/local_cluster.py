@@ -300,8 +300,8 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
               on_notice: Callable[[str], None] | None = None, hurry: threading.Event | None = None) -> dict:
     """Evaluate one submission (`flateval.planning.plan_run`) on a local cluster; return the results
     document. `on_progress` gets the results so far and the submission's record whenever a result
-    arrives; `on_notice` the line saying what each agent gets, then the one saying how the agents
-    are sandboxed, once they run; `hurry`, once set, cuts short every wait for a process to end on
+    arrives; `on_notice`, once the agents run, the line saying what each agent gets, then the one
+    saying how they are sandboxed; `hurry`, once set, cuts short every wait for a process to end on
     its own (a stop asked for again).
 
     Raises `RunError`: before the submission exists without a document; after, with its document
@@ -352,13 +352,12 @@ def _evaluate(conn: redis.Redis, sid: str, cluster: LocalCluster, settings: RunS
     cluster.agent_args, cluster.share = sandbox_args(settings, plan, cluster.run_dir)
     if cluster.share is not None:
         cluster.agent_cores = math.ceil(cluster.share.cpus)
-        if on_notice:
-            on_notice(cluster.share.line())
     _start_pairs(cluster, settings, redis_url, queue)
     _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
     line = _sandbox_line(cluster.pairs[0].log)
-    if on_notice and line:
-        on_notice(line)
+    if on_notice:  # once the agents run: what each got, then how it is fenced in
+        for notice in ([cluster.share.line()] if cluster.share else []) + ([line] if line else []):
+            on_notice(notice)
     specs = submit.episode_specs(sid, plan)
     started = time.time()
     submit.enqueue(conn, sid, plan, specs)
