@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,10 +68,9 @@ class NetCluster:
 
     def start_worker(self, pair: NetPair) -> subprocess.Popen:
         """Start one pair's worker (it starts its agent); it follows every open submission."""
-        ip = shutil.which("ip") or "ip"
         i = pair.name[1:]
         argv = [*FLATEVAL, "worker", "--name", pair.name, "--no-sandbox",
-                "--agent-command", f"{ip} netns exec {self.lab.netns(f'a{i}')} {self.agent}",
+                "--agent-command", "exec " + shlex.join(self.lab.command(f"a{i}", [])) + f" {self.agent}",
                 "--agent-endpoint", f"tcp://{pair.agent.far}:{AGENT_PORT}",
                 "--agent-log", str(self.work / f"a{i}.log")]
         env = {**os.environ, "FLATEVAL_REDIS_URL": f"redis://{pair.redis.near}:{REDIS_PORT}/0"}

@@ -134,8 +134,10 @@ class NetLab:
         return self.wires[-1]
 
     def command(self, member: str, argv: Sequence[str]) -> list[str]:
-        """`argv` run inside the member's namespace."""
-        return ["ip", "netns", "exec", self.netns(member), *argv]
+        """`argv` run inside the member's namespace; it dies with whoever starts it (util-linux's
+        setpriv sets the parent-death signal where it is installed: Redis, an agent)."""
+        deathsig = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+        return [*deathsig, "ip", "netns", "exec", self.netns(member), *argv]
 
     def popen(self, member: str | None, argv: Sequence[str], **kwargs) -> subprocess.Popen:
         """Start `argv` in the member's namespace (None: ours); it dies with us, and `close`
