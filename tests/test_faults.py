@@ -35,6 +35,12 @@ def wait_for(predicate, timeout_s: float, what: str):
         time.sleep(0.02)  # polling real processes and Redis for a state they reach on their own
 
 
+def first_result(conn: redis_lib.Redis, timeout_s: float = 90) -> str:
+    """The id of the first submission with a stored result, once there is one."""
+    return wait_for(lambda: next((k.decode().split(":")[2] for k in conn.keys("flateval:submission:*:results")),
+                                 None), timeout_s, "a first result")
+
+
 def leases(conn: redis_lib.Redis) -> dict[str, str]:
     """Running episode jobs and the workers holding them."""
     return {k.decode().removeprefix("flateval:lease:"): reaper.lease_owner((conn.get(k) or b"").decode())
@@ -152,8 +158,7 @@ def test_redis_restart_mid_run_loses_nothing(small_test_set, tmp_path, fault_rep
     run = start_run("--agent", agent, "--test-set", str(small_test_set), "--workers", "2", "--redis", url,
                     "--output", str(out))
     try:
-        sid = wait_for(lambda: next((k.decode().split(":")[2] for k in conn.keys("flateval:submission:*:results")),
-                                    None), 60, "a first result")
+        sid = first_result(conn, 60)
         stored = conn.hlen(store.results_key(sid))
         server.stop(keep_data=True)
         server = start_redis(port=port, appendonly=True, directory=str(data))

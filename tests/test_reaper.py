@@ -17,12 +17,18 @@ from broker.plan import PlannedEpisode, make_plan
 from core.challenge import Phase, StopRules
 
 
+def _enqueued_submission(conn, episodes: int) -> str:
+    """A submission of `episodes` episodes (Test_0/Level_<i>), created and enqueued; its id."""
+    planned = [PlannedEpisode(env_file=f"Test_0/Level_{i}.pkl", seed=1001, env_path="x", test=0, level=i)
+               for i in range(episodes)]
+    plan = make_plan(planned, Phase(name="p", stop_rules=StopRules(None, None)))
+    sid = submit.create(conn, plan)
+    submit.enqueue(conn, sid, plan, submit.episode_specs(sid, plan))
+    return sid
+
+
 def test_only_episodes_without_a_result_are_requeued(redis_conn):
-    episodes = [PlannedEpisode(env_file=f"Test_0/Level_{i}.pkl", seed=1001, env_path="x", test=0, level=i)
-                for i in range(2)]
-    plan = make_plan(episodes, Phase(name="p", stop_rules=StopRules(None, None)))
-    sid = submit.create(redis_conn, plan)
-    submit.enqueue(redis_conn, sid, plan, submit.episode_specs(sid, plan))
+    sid = _enqueued_submission(redis_conn, 2)
     queue = store.submission_queue(redis_conn, sid)
     started = StartedJobRegistry(queue=queue)
     for job_id in queue.job_ids:  # both taken by a worker a minute ago, neither lease renewed since
@@ -41,10 +47,7 @@ def test_a_worker_taken_for_dead_is_fenced_off_when_it_comes_back(redis_conn):
     """A worker cut off from Redis past its lease: the reaper gives its episode to another worker;
     when the first one comes back it can neither renew nor drop the new lease, and its late result
     is refused, never stored over or beside the other's (tests/test_netns.py cuts a real link)."""
-    episodes = [PlannedEpisode(env_file="Test_0/Level_0.pkl", seed=1001, env_path="x", test=0, level=0)]
-    plan = make_plan(episodes, Phase(name="p", stop_rules=StopRules(None, None)))
-    sid = submit.create(redis_conn, plan)
-    submit.enqueue(redis_conn, sid, plan, submit.episode_specs(sid, plan))
+    sid = _enqueued_submission(redis_conn, 1)
     queue = store.submission_queue(redis_conn, sid)
     job_id = queue.job_ids[0]
     first = store.claim_attempt(redis_conn, sid, 0, "run-1")
@@ -76,10 +79,7 @@ def test_a_worker_taken_for_dead_is_fenced_off_when_it_comes_back(redis_conn):
 def test_idle_workers_take_turns_to_reap(redis_conn):
     """A pass costs a command per running episode: idle workers reap a submission once a second
     between them, not once each (benchmarks/redis_scale.py measures both)."""
-    episodes = [PlannedEpisode(env_file="Test_0/Level_0.pkl", seed=1001, env_path="x", test=0, level=0)]
-    plan = make_plan(episodes, Phase(name="p", stop_rules=StopRules(None, None)))
-    sid = submit.create(redis_conn, plan)
-    submit.enqueue(redis_conn, sid, plan, submit.episode_specs(sid, plan))
+    sid = _enqueued_submission(redis_conn, 1)
     queue = store.submission_queue(redis_conn, sid)
     job = Job.fetch(queue.job_ids[0], connection=redis_conn, serializer=JSONSerializer)
     job.started_at = datetime.now(timezone.utc) - timedelta(seconds=60)
@@ -98,11 +98,7 @@ def test_an_episode_nobody_plays_any_more_is_re_enqueued_once(redis_conn):
     """What a failover that lost the last writes leaves: episode 1's job is gone (its dequeue and its
     result were lost, its worker moved on) and no result comes. Once the queue is empty and no result
     came for a while, it is re-enqueued from its spec, once; episodes played or under way are not."""
-    episodes = [PlannedEpisode(env_file=f"Test_0/Level_{i}.pkl", seed=1001, env_path="x", test=0, level=i)
-                for i in range(3)]
-    plan = make_plan(episodes, Phase(name="p", stop_rules=StopRules(None, None)))
-    sid = submit.create(redis_conn, plan)
-    submit.enqueue(redis_conn, sid, plan, submit.episode_specs(sid, plan))
+    sid = _enqueued_submission(redis_conn, 3)
     queue = store.submission_queue(redis_conn, sid)
     store.record_result(redis_conn, sid, 0, {"index": 0, "outcome": "completed", "normalized_return": -0.5})
     lost, leased = store.episode_job_id(sid, 1), store.episode_job_id(sid, 2)

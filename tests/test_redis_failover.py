@@ -20,7 +20,7 @@ from broker import store
 from broker.connection import BadRedisAddress, SentinelAddress, check_address, connect
 from broker.embedded_redis import start_redis
 from tests.conftest import free_port, slow_agent
-from tests.test_faults import finish, start_run, wait_for
+from tests.test_faults import finish, first_result, start_run, wait_for
 from tests.test_run import DO_NOTHING, check_against_direct, flateval
 
 SERVICE = "flateval"
@@ -200,8 +200,7 @@ def test_failover_with_lost_writes_reruns_those_episodes(sentinel_cluster, small
     run = start_run("--agent", agent, "--test-set", str(small_test_set), "--workers", "2", "--redis", cluster.url,
                     "--output", str(out))
     try:
-        sid = wait_for(lambda: next((k.decode().split(":")[2] for k in primary.keys("flateval:submission:*:results")),
-                                    None), 90, "a first result")
+        sid = first_result(primary)
         key = store.results_key(sid)
         wait_for(lambda: replica.hlen(key) >= 1, 30, "the replica to have it")
         cluster.link.cut.set()  # the primary's writes stop reaching the replica
@@ -245,8 +244,7 @@ def test_redis_restarted_without_its_data_is_reported_not_scored(small_test_set,
     run = start_run("--agent", agent, "--test-set", str(small_test_set), "--workers", "2", "--redis", server.url,
                     "--output", str(out))
     try:
-        sid = wait_for(lambda: next((k.decode().split(":")[2] for k in conn.keys("flateval:submission:*:results")),
-                                    None), 90, "a first result")
+        sid = first_result(conn)
         server.stop()  # its directory goes with it: it comes back empty
         server = start_redis(port=port, directory=str(tmp_path / "redis-empty"))
         restarted = time.monotonic()
