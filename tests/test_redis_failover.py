@@ -188,6 +188,15 @@ def sentinel_cluster(tmp_path):
     cluster.stop()
 
 
+def _slow_run(tmp_path: Path, test_set: Path, redis_url: str, delay: float):
+    """`flateval run --workers 2` of a do-nothing agent `delay` s late each step, on `redis_url`;
+    the process and where it writes its results."""
+    agent, _ = slow_agent(tmp_path, delay=delay)
+    out = tmp_path / "results.json"
+    return start_run("--agent", agent, "--test-set", str(test_set), "--workers", "2", "--redis", redis_url,
+                     "--output", str(out)), out
+
+
 def test_failover_with_lost_writes_reruns_those_episodes(sentinel_cluster, small_test_set, tmp_path, fault_report):
     """The primary dies with results the replica never got (asynchronous replication): the
     sentinel promotes the replica, every process follows it, the episodes whose results were lost
@@ -195,10 +204,7 @@ def test_failover_with_lost_writes_reruns_those_episodes(sentinel_cluster, small
     cluster = sentinel_cluster
     primary = redis_lib.Redis(port=cluster.primary.port)
     replica = redis_lib.Redis(port=cluster.replica.port)
-    agent, _ = slow_agent(tmp_path, delay=0.01)
-    out = tmp_path / "results.json"
-    run = start_run("--agent", agent, "--test-set", str(small_test_set), "--workers", "2", "--redis", cluster.url,
-                    "--output", str(out))
+    run, out = _slow_run(tmp_path, small_test_set, cluster.url, delay=0.01)
     try:
         sid = first_result(primary)
         key = store.results_key(sid)
@@ -239,10 +245,7 @@ def test_redis_restarted_without_its_data_is_reported_not_scored(small_test_set,
     port = free_port()
     server = start_redis(port=port, directory=str(tmp_path / "redis"))
     conn = redis_lib.Redis(port=port)
-    agent, _ = slow_agent(tmp_path, delay=0.02)
-    out = tmp_path / "results.json"
-    run = start_run("--agent", agent, "--test-set", str(small_test_set), "--workers", "2", "--redis", server.url,
-                    "--output", str(out))
+    run, out = _slow_run(tmp_path, small_test_set, server.url, delay=0.02)
     try:
         sid = first_result(conn)
         server.stop()  # its directory goes with it: it comes back empty
