@@ -345,7 +345,6 @@ def claim_attempt(conn: redis.Redis, sid: str, index: int, claim: str | None = N
     return int(conn.eval(_CLAIM_ATTEMPT, 1, attempts_key(sid), str(index), claim))
 
 
-
 def get_results(conn: redis.Redis, sid: str) -> list[dict[str, Any]]:
     """All stored results, sorted by test then level (then index)."""
     rows = [json.loads(v) for v in conn.hvals(results_key(sid))]
