@@ -193,8 +193,8 @@ class AgentProcess:
             if code is None:
                 return None
             last = self.output_tail(400).strip().splitlines()
-            why = self.breach()
-            hint = f" ({why or self.start_hint()})" if why or self.start_hint() else ""
+            why = self.breach() or self.start_hint()
+            hint = f" ({why})" if why else ""
             return f"agent command exited with code {code} before answering" + (f": {last[-1]}" if last else "") + hint
 
         def last_output() -> str:

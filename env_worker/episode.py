@@ -120,8 +120,9 @@ class EpisodeClock:
     def budget(self, deadline_s: float | None) -> tuple[float, bool]:
         """(seconds to wait, whether the episode's wall limit is what bounds them)."""
         wait = deadline_s if deadline_s is not None else math.inf
-        if self.ends is not None and self.ends - time.perf_counter() < wait:
-            return max(0.0, self.ends - time.perf_counter()), True
+        left = self.ends - time.perf_counter() if self.ends is not None else math.inf
+        if left < wait:
+            return max(0.0, left), True
         return (wait if wait != math.inf else NO_DEADLINE_S), False
 
     def request(self, link: AgentLink, message: dict, budget: float, by_wall: bool) -> tuple[dict, float]:

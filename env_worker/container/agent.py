@@ -31,7 +31,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,7 +43,7 @@ from env_worker.sandbox import AgentUsage, SandboxSpec
 from env_worker.sandbox import cgroups
 from env_worker.sandbox.box import BreachWatch, agent_uid, agents_dir, private_dir, remove_stale_dirs
 from env_worker.sandbox.launcher import die_with_parent
-from env_worker.sandbox.spec import format_bytes, format_cores
+from env_worker.sandbox.spec import format_bytes
 
 LINK_DIR = "/flateval/link"
 DEPS_DIR = "/flateval/deps"
