@@ -620,13 +620,14 @@ def verify(target: str, workers: int, test_set: str | None, challenge: str | Non
 
     try:
         env_files = discover(test_set) if test_set else None
-        if env_files is not None and Path(target).is_dir() and is_fab_layout(Path(target)):
+        fab_dir = Path(target).is_dir() and is_fab_layout(Path(target))  # walks the folder: once
+        if env_files is not None and fab_dir:
             table = {sid: env_file for tests in load_fab_scenarios(scenarios).tests.values()
                      for sid, env_file in tests.items()}
             verdicts = verify_fab(Path(target), env_files, EnvRules.of(load_challenge(challenge or "ecml2026")),
                                   workers, table)
         else:
-            if Path(target).is_dir() and is_fab_layout(Path(target)):
+            if fab_dir:
                 raise CliError(f"{target} is a FAB data dir (<test_id>/<scenario_id>/): give --test-set, the test set "
                                "its scenarios come from")
             targets = targets_from(Path(target))

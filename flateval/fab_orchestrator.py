@@ -201,8 +201,9 @@ def _failure_of(episode: dict[str, Any], scenario: FabScenario) -> str | None:
             f"{episode.get('outcome')}{error}")
 
 
-def _gate_cause(document: dict[str, Any], scenarios: list[FabScenario], threshold: float | None) -> str | None:
-    """FAB's message for a test whose mean completion stopped the evaluation."""
+def _gate_cause(document: dict[str, Any], scenarios: list[FabScenario]) -> str | None:
+    """FAB's message for a test whose mean completion stopped the evaluation (under the plan's gate:
+    the host's threshold, else the challenge's)."""
     if not document.get("stopped_by"):
         return None
     by_index = {e["index"]: e for e in document["episodes"]}
@@ -213,7 +214,7 @@ def _gate_cause(document: dict[str, Any], scenarios: list[FabScenario], threshol
     mean = fmean(v for v in values if v is not None) if any(v is not None for v in values) else 0.0
     test_id = scenarios[members[0]].test_id
     return (f"The mean percentage of done agents during the last test {test_id} ({len(members)} environments) "
-            f"was too low: {mean} < {threshold if threshold is not None else document['settings']['completion_gate']}")
+            f"was too low: {mean} < {document['settings']['completion_gate']}")
 
 
 class FabOrchestrator:
@@ -273,7 +274,7 @@ class FabOrchestrator:
         causes = checks.causes
         if document["status"] == "failed" and document.get("error"):
             causes.append(document["error"])
-        gate = _gate_cause(document, scenarios, host.percentage_complete_threshold)
+        gate = _gate_cause(document, scenarios)
         if gate:
             causes.append(gate)
         try:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -73,10 +72,14 @@ class LocalCluster:
     metrics_server: object | None = None
     pairs: list[_Pair] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)  # every worker's sandbox options
-    agent_cores: int = 0  # cores per agent: pair i's start at i x this (0: no sandbox)
     agent_image: str | None = None  # agents are containers of this image
     hurry: threading.Event = field(default_factory=threading.Event)  # set: stop without waiting for anyone
     share: CpuShare | None = None  # what each agent gets (None: no sandbox)
+
+    @property
+    def agent_cores(self) -> int:
+        """Cores per agent: pair i's start at i x this (0: no sandbox)."""
+        return self.share.threads if self.share is not None else 0
 
     @property
     def metrics_dir(self) -> Path:
@@ -350,8 +353,6 @@ def _evaluate(conn: redis.Redis, sid: str, cluster: LocalCluster, settings: RunS
     the submission until it ends."""
     queue = store.queue_name(sid)
     cluster.agent_args, cluster.share = sandbox_args(settings, plan, cluster.run_dir)
-    if cluster.share is not None:
-        cluster.agent_cores = math.ceil(cluster.share.cpus)
     _start_pairs(cluster, settings, redis_url, queue)
     _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
     line = _sandbox_line(cluster.pairs[0].log)
