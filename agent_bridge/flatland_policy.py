@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from agent_bridge.flatland_policy import main as _main
+    from agent_bridge.flatland_policy import main as _main  # the importable module's classes, not __main__'s
+    from agent_bridge.process_exit import run_then_exit
 
-    sys.exit(_main())
+    run_then_exit(_main)  # no interpreter teardown to wait for (torch's takes half a second)

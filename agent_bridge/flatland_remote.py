@@ -330,5 +330,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from agent_bridge.flatland_remote import main as _main  # the importable module's classes, not __main__'s
+    from agent_bridge.process_exit import run_then_exit
 
-    sys.exit(_main())
+    run_then_exit(_main)  # no interpreter teardown to wait for (torch's takes half a second)

@@ -12,10 +12,8 @@ import gc
 import logging
 from importlib import import_module
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import time
 from typing import Callable
 
@@ -29,12 +27,12 @@ from rq.serializers import JSONSerializer
 from broker import reaper, store
 from broker.connection import RedisUnreachable, connect
 from broker.submit import JOB_FUNCTION
-from env_worker.agent_process import AgentProcess, AgentStartError, wait_for_handshake
+from env_worker.agent_process import AgentStartError, wait_for_handshake
+from env_worker.agent_start import StartedAgent
 from env_worker.agent_slots import NoFreeSlot, claim_slot
 from env_worker.context import WorkerContext, job_context
 from env_worker.flatland_env import warm_up
 from env_worker.pairing import PairedAgent
-from env_worker.sandbox import SandboxSpec
 from env_worker.worker_log import EpisodeLog, start_line, worker_logger
 
 
@@ -105,51 +103,35 @@ def _work_loop(conn: redis.Redis, queues: Callable[[], list[str]], context: Work
         return
 
 
-def _agent_container(image: str, command: str | None, log: str, sandbox: SandboxSpec | None, curve: bool,
-                     pidfile: str | None) -> AgentProcess:
-    """The paired agent as a container of `image` (always fenced: `sandbox`, else the defaults)."""
-    from env_worker.container import AgentContainer, EngineError, find_engine
-
-    try:
-        engine = find_engine()
-    except EngineError as exc:
-        raise AgentStartError(str(exc)) from None
-    return AgentContainer(image, command, log, engine, sandbox or SandboxSpec(),
-                          curve=curve, pidfile=pidfile)
-
-
 def run_worker(
     redis_url: str,
     queues: list[str],
     agent_endpoint: str | None = None,
-    agent_command: str | None = None,
-    agent_log: str | None = None,
+    agent: StartedAgent | None = None,
     name: str | None = None,
     burst: bool = False,
     startup_timeout_s: float = 60.0,
-    pidfile: str | None = None,
     agent_slots: int | None = None,
-    curve: bool = False,
     curve_server_key: str | None = None,
     record_dir: str | None = None,
-    sandbox: SandboxSpec | None = None,
     metrics_url: str | None = None,
-    agent_image: str | None = None,
 ) -> None:
-    """Pair with an agent (start it when `agent_command` is given) and work the queues until stopped,
-    saying so on stderr (a start line, one line per episode; `metrics_url` is only named there).
+    """Pair with an agent and work the queues until stopped, saying so on stderr (a start line, one
+    line per episode; `metrics_url` is only named there). Stops `agent` when it ends, however.
 
-    An `agent_endpoint` with ``{slot}`` in it is a template: the worker claims a free slot in Redis
-    (see `env_worker.agent_slots`) and pairs with that agent. A started agent is fenced in by
-    `sandbox` (None: not at all); the line saying how goes to stderr once it runs. With `agent_image`
-    the agent is a container of that image (`env_worker.container`), `agent_command` its arguments.
+    `agent` is the agent this worker owns, already launched (`env_worker.agent_start`: before the
+    worker's own imports, so that the two start-ups overlap); it is restarted after faults. Without
+    one the worker pairs with the agent at `agent_endpoint`: a template with ``{slot}`` in it makes
+    the worker claim a free slot in Redis (see `env_worker.agent_slots`).
     """
     try:
         conn = connect(redis_url)
     except RedisUnreachable as exc:
+        if agent:
+            agent.discard()
         raise WorkerStartError(str(exc)) from None
     lease = None
-    if agent_endpoint and "{slot}" in agent_endpoint:
+    if agent is None and agent_endpoint and "{slot}" in agent_endpoint:
         if not agent_slots:
             raise WorkerStartError("an --agent-endpoint with {slot} needs --agent-slots N")
         try:
@@ -157,20 +139,7 @@ def run_worker(
         except NoFreeSlot as exc:
             raise WorkerStartError(str(exc)) from None
         agent_endpoint = agent_endpoint.format(slot=lease.slot)
-    process = None
-    scratch = None  # the agent's log when none was asked for: ours, never in the current directory
-    if (agent_image or agent_command) and not agent_log:
-        scratch = tempfile.mkdtemp(prefix=f"flateval-worker-{os.getpid()}-")
-        agent_log = os.path.join(scratch, "agent.log")
-    try:
-        if agent_image:
-            process = _agent_container(agent_image, agent_command, agent_log, sandbox, curve, pidfile)
-        elif agent_command:
-            process = AgentProcess(agent_command, agent_log, bind=agent_endpoint,
-                                   connect=agent_endpoint, curve=curve, pidfile=pidfile, sandbox=sandbox)
-    except AgentStartError as exc:
-        shutil.rmtree(scratch or "", ignore_errors=True)
-        raise WorkerStartError(str(exc)) from None
+    process = agent.process if agent else None
     endpoint = process.endpoint if process else agent_endpoint
     if not endpoint:
         raise WorkerStartError("give --agent-endpoint (an agent already running) or --agent-command")
@@ -182,8 +151,6 @@ def run_worker(
                         metrics_url))
     try:
         try:
-            if process:  # launched first: its start-up (imports, models) overlaps ours
-                process.start(startup_timeout_s, handshake=False)
             warm_up()
             import_module(JOB_FUNCTION.rpartition(".")[0])  # the job's imports, before the first episode
             gc.collect()
@@ -203,5 +170,5 @@ def run_worker(
         context.close()
         if lease:
             lease.release()
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+        if agent:
+            agent.remove_scratch()

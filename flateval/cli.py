@@ -413,21 +413,34 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
         hide=(*agent_hide, str(BUNDLED_TEST_SET.parent)))  # every bundled test set
     if metrics_port:
         _serve_episode_metrics(metrics_host, metrics_port)
-    from env_worker.worker import WorkerStartError, run_worker
-
     signal.signal(signal.SIGTERM, _interrupt)  # stop the paired agent too, whenever it comes
-
+    agent = None
     try:
-        run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent_command=agent_command,
-                   agent_log=agent_log, name=name, burst=burst, startup_timeout_s=startup_timeout,
-                   pidfile=agent_pidfile, agent_slots=agent_slots, curve=curve, curve_server_key=agent_curve_key,
-                   record_dir=str(Path(record_dir).resolve()) if record_dir else None, sandbox=sandbox,
-                   metrics_url=_metrics_url(metrics_host, metrics_port) if metrics_port else None,
-                   agent_image=agent_image)
-    except WorkerStartError as exc:
-        raise CliError(str(exc)) from None
+        if (agent_command or agent_image) and agent_endpoint and "{slot}" in agent_endpoint:
+            raise CliError("an --agent-endpoint with {slot} names agents someone else runs: leave it out with "
+                           "--agent-command or --agent-image")
+        if agent_command or agent_image:  # first: its start-up overlaps the worker's own imports
+            from env_worker.agent_process import AgentStartError
+            from env_worker.agent_start import start_agent
+
+            try:
+                agent = start_agent(agent_command, agent_image, agent_log, agent_endpoint, sandbox, curve=curve,
+                                    pidfile=agent_pidfile, timeout_s=startup_timeout)
+            except AgentStartError as exc:
+                raise CliError(str(exc)) from None
+        from env_worker.worker import WorkerStartError, run_worker
+
+        try:
+            run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent=agent, name=name,
+                       burst=burst, startup_timeout_s=startup_timeout, agent_slots=agent_slots,
+                       curve_server_key=agent_curve_key,
+                       record_dir=str(Path(record_dir).resolve()) if record_dir else None,
+                       metrics_url=_metrics_url(metrics_host, metrics_port) if metrics_port else None)
+        except WorkerStartError as exc:
+            raise CliError(str(exc)) from None
     except KeyboardInterrupt:
-        pass
+        if agent is not None:
+            agent.discard()
 
 
 def _metrics_url(host: str, port: int) -> str:
