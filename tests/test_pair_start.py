@@ -1,0 +1,150 @@
+"""How fast a pair gets going and lets go (issue 23: start-up and the end are most of what
+`flateval run` adds to a torch agent's own work): the handshake lands as soon as the agent binds, a
+worker launches its agent before its own imports and stops it when it cannot go on, and a bridged
+agent exits without tearing its interpreter down, its exit functions run and its status kept."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from env_worker.agent_process import AgentStartError, wait_for_handshake
+from tests.conftest import free_port
+
+LATE_BINDER = """
+import sys, time
+from agent_bridge import protocol as wire
+from agent_bridge.router_endpoint import RouterEndpoint
+
+time.sleep(float(sys.argv[1]))  # an interpreter importing torch, a model loading
+endpoint = RouterEndpoint(log=lambda text: None)
+bound = time.monotonic()
+request = endpoint.receive()
+print(f"{time.monotonic() - bound:.4f}", flush=True)
+endpoint.reply(request, wire.hello_reply("late", {"builder": "none"}))
+time.sleep(30)
+"""
+
+
+def _late_binder(tmp_path: Path, delay_s: float) -> tuple[subprocess.Popen, str]:
+    script = tmp_path / "late.py"
+    script.write_text(LATE_BINDER)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    process = subprocess.Popen([sys.executable, str(script), str(delay_s)], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "FLATEVAL_AGENT_BIND": endpoint})
+    return process, endpoint
+
+
+def test_the_handshake_lands_as_soon_as_a_slow_agent_binds(tmp_path):
+    """An agent that binds 1.5 s after it starts: the worker's hello, sent at once, reaches it within
+    a few reconnect intervals (10 ms) of its bind. Asking again on a timer, or ZeroMQ's reconnect
+    back-off (up to 500 ms), cost up to half a second of every start before."""
+    process, endpoint = _late_binder(tmp_path, 1.5)
+    try:
+        started = time.monotonic()
+        wait_for_handshake(endpoint, 30, exited=lambda: None if process.poll() is None else "exited")
+        assert time.monotonic() - started >= 1.5
+        bind_to_hello = float(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait()
+    assert bind_to_hello < 0.15, f"the hello reached the agent {bind_to_hello:.3f} s after it bound"
+
+
+def test_the_handshake_gives_up_as_soon_as_the_agent_exits(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    try:
+        started = time.monotonic()
+        with pytest.raises(AgentStartError, match="gone"):
+            wait_for_handshake(f"tcp://127.0.0.1:{free_port()}", 30,
+                               exited=lambda: None if process.poll() is None else "gone")
+        assert time.monotonic() - started < 5
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _flateval(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flateval", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_a_worker_that_cannot_reach_redis_stops_the_agent_it_launched(tmp_path):
+    """The agent starts first (its start-up overlaps the worker's); a worker that then cannot go on
+    says why in one line and leaves nothing running."""
+    marker = f"flateval-test-orphan-{os.getpid()}"
+    script = tmp_path / "agent.py"
+    script.write_text(f"import time  # {marker}\ntime.sleep(60)\n")
+    missing = tmp_path / "no-redis.sock"
+    done = _flateval("worker", "--redis", f"unix://{missing}", "--queue", "q", "--no-sandbox",
+                     "--agent-command", f"{sys.executable} {script}")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Redis" in lines[0], done.stderr
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert left == [], f"the agent outlived its worker: {left}"
+
+
+def test_a_slot_template_is_for_agents_someone_else_runs():
+    done = _flateval("worker", "--redis", "unix:///nonexistent.sock", "--queue", "q", "--agent-endpoint",
+                     "tcp://agent-{slot}:8086", "--agent-command", "true")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "flateval: an --agent-endpoint with {slot} names agents someone else runs: leave it out with "
+        "--agent-command or --agent-image"]
+
+
+SCRIPT_WITH_LAST_WORDS = """
+import atexit, os, sys, threading, time
+
+
+class Model:  # what a teardown would finalize, object by object
+    def __del__(self):
+        os.write(1, b"torn down\\n")
+
+
+model = Model()
+atexit.register(lambda: print("exit function ran", flush=True))
+worker = threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished")))
+worker.start()
+print("buffered, never flushed by the script")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("bridge", ["agent_bridge.flatland_remote", "agent_bridge.flatland_policy"])
+def test_a_bridged_agent_exits_with_its_status_and_its_last_words(tmp_path, bridge):
+    """No interpreter teardown (torch's takes half a second: no object is finalized), but everything
+    one can see of an exit: non-daemon threads joined, exit functions run, stdout flushed, the
+    script's status."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_WITH_LAST_WORDS)
+    if bridge == "agent_bridge.flatland_remote":
+        args = [str(script), "3"]
+    else:  # a Policy module whose import is the whole program: the same last words
+        (tmp_path / "last_words.py").write_text(SCRIPT_WITH_LAST_WORDS.replace("int(sys.argv[1])", "3"))
+        args = ["--policy-pkg", "last_words", "--policy-cls", "Nothing"]
+    done = subprocess.run([sys.executable, "-m", bridge, *args], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 3, done.stderr
+    out = done.stdout.splitlines()
+    assert out == ["buffered, never flushed by the script", "thread finished", "exit function ran"], out
+
+
+def test_an_uncaught_exception_is_status_1_with_its_traceback(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        print("before", end="")
+        raise ValueError("the participant's bug")
+    """))
+    done = subprocess.run([sys.executable, "-m", "agent_bridge.flatland_remote", str(script)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == "before"
+    assert done.stderr.rstrip().endswith("ValueError: the participant's bug")
