@@ -866,3 +866,49 @@ def test_no_sandbox_says_so_and_still_scores(small_test_set, tmp_path):
         "sandbox: off (--no-sandbox): the agent runs as flateval's user, with its network, files and environment "
         "(less Redis and flateval variables), and no limits"]
     assert json.loads(out.read_text())["status"] == "finished"
+
+
+HOME_PROBE = """
+import hashlib, json, os, sys
+from agent_bridge import serve
+home = os.environ["HOME"]
+listing = {}
+for folder, dirs, files in os.walk(home):
+    for name in files:
+        path = os.path.join(folder, name)
+        listing[os.path.relpath(path, home)] = [hashlib.sha256(open(path, "rb").read()).hexdigest(),
+                                                 os.stat(path).st_uid == os.getuid()]
+print("HOME " + json.dumps(listing), flush=True)
+class DoNothing:
+    def reset(self, info): pass
+    def act(self, obs, info): return {}
+serve(DoNothing())
+"""
+
+
+def test_a_fresh_home_starts_with_the_hosts_font_list_and_nothing_else(tmp_path, monkeypatch):
+    """flatland imports matplotlib, which rebuilds its font list in an empty home (0.25 s of every
+    agent start): the host's list is copied in, owned by the agent, at every start; nothing else of
+    the host's cache (a link out of it, another file) comes along."""
+    import hashlib
+
+    cache = tmp_path / "mplcache"
+    cache.mkdir()
+    font_list = cache / "fontlist-v999.json"
+    font_list.write_text('{"_version": 999, "ttflist": []}')
+    (cache / "tex.cache").mkdir()
+    (cache / "fontlist-v998.json").symlink_to("/etc/shadow")
+    monkeypatch.setenv("MPLCONFIGDIR", str(cache))
+    script = tmp_path / "home_probe.py"
+    script.write_text(HOME_PROBE)
+    agent = AgentProcess(f"{sys.executable} {script}", tmp_path / "probe.log", sandbox=SandboxSpec(cpus=1))
+    try:
+        listings = []
+        for start in range(2):  # a restart gets a fresh home, seeded again
+            agent.start(30) if start == 0 else agent.restart(30)
+            lines = [line for line in agent.output_tail().splitlines() if line.startswith("HOME ")]
+            listings.append(json.loads(lines[-1][len("HOME "):]))
+    finally:
+        agent.stop()
+    expected = {".cache/matplotlib/fontlist-v999.json": [hashlib.sha256(font_list.read_bytes()).hexdigest(), True]}
+    assert listings == [expected, expected]

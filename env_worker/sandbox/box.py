@@ -29,6 +29,7 @@ from typing import BinaryIO, Callable, Iterable, Mapping
 from core.settings import TEST_SET_DIR_ENV
 from env_worker.sandbox import cgroups, launcher
 from env_worker.sandbox.environment import sandboxed_environment
+from env_worker.sandbox.home_seed import seed_home
 from env_worker.sandbox.report import Report
 from env_worker.sandbox.spec import SandboxSpec, format_bytes, format_cores
 from env_worker.sandbox.usage import AgentUsage
@@ -216,9 +217,11 @@ class Sandbox:
             os.chown(path, self.uid, self.uid)
 
     def _fresh_home(self) -> None:
+        """Empty but for the host's font list (`home_seed`); the launcher carries it into the agent's disk."""
         shutil.rmtree(self.home, ignore_errors=True)
         self._private(self.home)
         self._private(self.home / "tmp")
+        seed_home(self.home, self.uid)
 
     # ------------------------------------------------------------------------ start
 

@@ -45,6 +45,7 @@ import struct
 import sys
 
 PLACES = ("/tmp", "/var/tmp", "/dev/shm")
+MAX_CARRIED_BYTES = 1 << 20
 """The machine's shared writable places: each is the agent's own, a folder of its private disk."""
 OUTPUT_HEAD_BYTES = 64 * 1024
 """What the agent prints first is kept (its start-up)."""
@@ -295,6 +296,7 @@ def private_disk(config: dict) -> None:
         if uid is not None and mode == 0o700:
             os.chown(path, uid, gid)
         folders[name] = os.open(path, os.O_PATH)
+    _carry(config["home"], os.path.join(staging, "home"), uid, gid)
     keep = [config["own_dir"], *(config.get("keep") or [])]
     keep = sorted({p for p in keep if any(_under(p, place) and p != place for place in PLACES)})
     keep = [p for p in keep if not any(_under(p, other) and p != other for other in keep)]  # outermost only
@@ -317,6 +319,40 @@ def private_disk(config: dict) -> None:
     finally:
         for fd in (*folders.values(), *kept.values()):
             os.close(fd)
+
+
+def _carry(source: str, target: str, uid: int | None, gid: int | None) -> None:
+    """What the worker put in the agent's fresh home (`home_seed`: a font list) into its disk, which
+    is about to cover it: folders and regular files only, nothing larger than `MAX_CARRIED_BYTES`."""
+    try:
+        entries = list(os.scandir(source))
+    except OSError:
+        return
+    for entry in entries:
+        path = os.path.join(target, entry.name)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if not os.path.isdir(path):
+                    os.mkdir(path, 0o700)
+                    if uid is not None:
+                        os.chown(path, uid, gid)
+                _carry(entry.path, path, uid, gid)
+            elif entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size <= MAX_CARRIED_BYTES:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    data = os.read(fd, MAX_CARRIED_BYTES + 1)
+                finally:
+                    os.close(fd)
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                try:
+                    while data:
+                        data = data[os.write(out, data):]
+                    if uid is not None:
+                        os.fchown(out, uid, gid)
+                finally:
+                    os.close(out)
+        except OSError:
+            continue  # a seed is a convenience: the agent starts without it
 
 
 def join_cgroups(procs_files: list[str], on: dict, off: dict) -> None:
