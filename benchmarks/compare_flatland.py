@@ -18,11 +18,17 @@ Two workloads, on the same generated test set, rounds interleaved, medians print
   (benchmarks/starter_kit_floor.py: the kit's own work with no evaluator, 1 thread): no evaluator
   can do better than `floor-1` with one worker, nor than `floor-2` with two on 2 cores.
 
+With ``--background-load N``, N processes that only spin run beside every command, at the same
+priority: the busy machine the issue measured on (others' jobs sharing the cores), made repeatable.
+A thread pool sized to every core then waits at each barrier for a core that a spinner holds.
+
     python benchmarks/compare_flatland.py [--workload do-nothing tree-script torch-kit] [--preset medium] [--rounds 3]
+        [--background-load N]
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -91,20 +97,35 @@ def flateval_command_wall_s(script: Path, test_set: Path, workers: int) -> float
     return wall
 
 
+@contextlib.contextmanager
+def background_load(spinners: int):
+    """`spinners` processes burning a core each, stopped by pid when the block ends."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(spinners)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = parser_with_test_set(__doc__)
     parser.add_argument("--workload", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="N spinning processes beside every command (a busy machine); default 0")
     args = parser.parse_args(argv)
     rounds = {"do-nothing": do_nothing_round, **{name: functools.partial(script_round, script)
                                                  for name, script in SCRIPTS.items()}}
-    with test_set_for(args) as test_set:
+    with test_set_for(args) as test_set, background_load(args.background_load):
         episodes = len(flatland_baseline.env_files(test_set))
         walls = {workload: {} for workload in args.workload}
         for _ in range(args.rounds):
             for workload in args.workload:
                 for name, wall in rounds[workload](test_set).items():
                     walls[workload].setdefault(name, []).append(wall)
-    print(f"test set: {test_set} ({episodes} episodes), rounds: {args.rounds}, interleaved")
+    print(f"test set: {test_set} ({episodes} episodes), rounds: {args.rounds}, interleaved, "
+          f"background load: {args.background_load} spinning process{'' if args.background_load == 1 else 'es'}")
     for workload, by_name in walls.items():
         median = {name: statistics.median(values) for name, values in by_name.items()}
         print(f"\n{workload}:")
