@@ -24,6 +24,13 @@ SPIN_ENV = "FLATEVAL_SPIN_US"
 `flateval run` when every process of a pair has a core of its own."""
 
 
+SIGNAL_CHECK_MS = 50
+"""`serve` waits for a request in slices of this long. A SIGTERM may be taken by any thread of the
+process (ZeroMQ's, a BLAS pool's); Python runs its handler in the main thread only once that thread
+is back in Python, and a thread blocked in ZeroMQ for the next request never is: the agent sat out
+its stop grace and was killed (3 s of a run's end, one run in two)."""
+
+
 class Terminated(BaseException):
     """SIGTERM reached `serve`: the evaluator or the engine (`docker stop`) ends the agent. A
     BaseException, so a policy's own ``except Exception`` cannot swallow it."""
@@ -39,6 +46,10 @@ def stop_on_sigterm() -> None:
         return
 
     def terminated(signum: int, frame: Any) -> None:
+        # Once: the stop may come twice (the sandbox's launcher passes it on, and its worker signals
+        # the whole group), and a second raise inside the first one's cleanup would skip closing
+        # the socket, leaving ZeroMQ's exit waiting for it until the SIGKILL.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated()
 
     signal.signal(signal.SIGTERM, terminated)
@@ -186,6 +197,8 @@ def serve(
     served = 0
     try:
         while max_requests is None or served < max_requests:
+            while not sock.poll(SIGNAL_CHECK_MS):
+                pass  # back in Python now and then: see SIGNAL_CHECK_MS
             frame = sock.recv(copy=True)
             served += 1
             try:

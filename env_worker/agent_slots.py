@@ -14,6 +14,7 @@ import threading
 import redis
 
 from broker.store import agent_slot_key
+from core.thread_signals import block_stop_signals
 
 LEASE_S = 30
 RENEW_S = 10
@@ -27,6 +28,7 @@ class SlotLease:
         self._thread.start()
 
     def _renew(self) -> None:
+        block_stop_signals()  # the worker's main thread takes them (core/thread_signals.py)
         while not self._stop.wait(RENEW_S):
             try:
                 self.conn.set(agent_slot_key(self.slot), self.owner, xx=True, ex=LEASE_S)

@@ -23,6 +23,7 @@ from broker import reaper, stop_rules, store
 from core.episode_spec import EpisodeSpec
 from core.outcomes import STOPPED
 from core.settings import TEST_SET_DIR_ENV
+from core.thread_signals import block_stop_signals
 from env_worker.context import WorkerContext, current_context
 from env_worker.episode import run_episode
 from env_worker.worker_log import worker_logger
@@ -75,6 +76,7 @@ class SubmissionWatch:
             worker_logger().warning(f"reaping {self.sid} failed: {type(exc).__name__}: {exc}")
 
     def _watch(self) -> None:
+        block_stop_signals()  # the worker's main thread takes them (core/thread_signals.py)
         renewed, reaped = time.monotonic(), -math.inf
         while not self._done.wait(WATCH_INTERVAL_S):
             try:

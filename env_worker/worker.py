@@ -27,6 +27,7 @@ from rq.serializers import JSONSerializer
 from broker import reaper, store
 from broker.connection import RedisUnreachable, connect
 from broker.submit import JOB_FUNCTION
+from core.thread_signals import stop_signals_blocked
 from env_worker.agent_process import AgentStartError, wait_for_handshake
 from env_worker.agent_start import StartedAgent
 from env_worker.agent_slots import NoFreeSlot, claim_slot
@@ -62,6 +63,23 @@ class PairedWorker(SimpleWorker):
         idle it ends `work` with a StopRequested that it swallows itself."""
         self.stop_signalled = True
         super().request_stop(signum, frame)
+
+    def subscribe(self) -> None:
+        """RQ's command listener runs in a thread of its own, which must leave the stop signals to the
+        main thread (`core.thread_signals`): taken there, a stop waited out the idle pop (1 s)."""
+        with stop_signals_blocked():
+            super().subscribe()
+
+    def unsubscribe(self) -> None:
+        """RQ's, with the listener told to stop before the channel is left. In RQ's order the
+        listener could read the unsubscription, loop, and wait in redis-py for a subscription that
+        never comes, and RQ's join gave up on it after a second: a second of a worker's stop, one
+        in three, and of every idle return to look for new submissions."""
+        if self.pubsub_thread:
+            self.pubsub_thread.stop()
+            self.pubsub.unsubscribe()
+            self.pubsub_thread.join(timeout=1)
+            self.pubsub.close()
 
     def perform_job(self, *args: Any, **kwargs: Any) -> bool:
         with job_context(self.context):

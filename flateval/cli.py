@@ -411,8 +411,11 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
     sandbox = None if no_sandbox or not (agent_command or agent_image) else _sandbox_spec(
         agent_cpus, agent_memory, agent_pids, agent_disk, cpu_offset=agent_cpu_offset,
         hide=(*agent_hide, str(BUNDLED_TEST_SET.parent)))  # every bundled test set
+    from core.thread_signals import stop_signals_blocked
+
     if metrics_port:
-        _serve_episode_metrics(metrics_host, metrics_port)
+        with stop_signals_blocked():  # its server's thread leaves them to ours (core/thread_signals.py)
+            _serve_episode_metrics(metrics_host, metrics_port)
     signal.signal(signal.SIGTERM, _interrupt)  # stop the paired agent too, whenever it comes
     agent = None
     try:
@@ -428,7 +431,8 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
                                     pidfile=agent_pidfile, timeout_s=startup_timeout)
             except AgentStartError as exc:
                 raise CliError(str(exc)) from None
-        from env_worker.worker import WorkerStartError, run_worker
+        with stop_signals_blocked():  # numpy's BLAS threads, started as it loads, leave them to ours
+            from env_worker.worker import WorkerStartError, run_worker
 
         try:
             run_worker(_redis_url(redis_url), list(queues), agent_endpoint=agent_endpoint, agent=agent, name=name,

@@ -148,3 +148,87 @@ def test_an_uncaught_exception_is_status_1_with_its_traceback(tmp_path):
     assert done.returncode == 1
     assert done.stdout == "before"
     assert done.stderr.rstrip().endswith("ValueError: the participant's bug")
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """A signal to one thread of another process (what the kernel may do with a process's SIGTERM)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, pid, tid, signum) != 0:  # SYS_tgkill on x86_64
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+def _threads_taking(pid: int, signum: int) -> list[int]:
+    """The threads of `pid`, other than its main one, that do not block `signum`."""
+    taking = []
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        if tid == pid:
+            continue
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk")), 16)
+        if not blocked & (1 << (signum - 1)):
+            taking.append(tid)
+    return taking
+
+
+SERVING = """
+import numpy  # its BLAS starts threads of its own as it loads
+from agent_bridge import serve
+from agent_bridge.examples.do_nothing import DoNothing
+serve(DoNothing())
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="tgkill's syscall number is x86_64's")
+def test_a_served_agent_stops_when_another_thread_takes_the_sigterm(tmp_path):
+    """The kernel gives a process's SIGTERM to any thread that does not block it; numpy's BLAS pool
+    does not. An agent waiting for its next request in ZeroMQ sat out its stop grace (3 s) then."""
+    script = tmp_path / "serving.py"
+    script.write_text(SERVING)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    process = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "FLATEVAL_AGENT_BIND": endpoint, "OPENBLAS_NUM_THREADS": "2"})
+    try:
+        wait_for_handshake(endpoint, 30)
+        others = _threads_taking(process.pid, 15)
+        assert others, "no thread but the main one takes SIGTERM: nothing to show"
+        started = time.monotonic()
+        _tgkill(process.pid, others[0], 15)
+        _tgkill(process.pid, others[0], 15)  # and again, as a launcher and its worker both stop it
+        process.wait(5)
+        took = time.monotonic() - started
+    finally:
+        process.kill()
+        stderr = process.communicate()[1]
+    assert took < 1.0, f"the agent took {took:.2f} s to stop"
+    assert "Traceback" not in stderr, stderr
+
+
+def test_an_idle_worker_leaves_stop_signals_to_its_main_thread_and_stops_at_once(tmp_path, redis_url):
+    """A worker waits for jobs in a Redis pop of up to a second, returning between two pops to look
+    for submissions: a SIGTERM taken by another thread (RQ's listener, numpy's BLAS pool), or one
+    landing as RQ's listener thread starts, waited out that second."""
+    pidfile = tmp_path / "agent.pid"
+    stops = []
+    for attempt in range(4):
+        pidfile.unlink(missing_ok=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flateval", "worker", "--redis", redis_url, "--queue", f"idle-{os.getpid()}",
+             "--agent-command", f"{sys.executable} -m agent_bridge.examples.do_nothing", "--agent-pidfile",
+             str(pidfile), "--no-sandbox"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not pidfile.exists():
+                assert worker.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+            time.sleep(0.3 + 0.27 * attempt)  # somewhere in the worker's one-second idle cycle
+            assert _threads_taking(worker.pid, 15) == []
+            started = time.monotonic()
+            worker.terminate()
+            worker.wait(10)
+            stops.append(time.monotonic() - started)
+        finally:
+            worker.kill()
+            worker.wait()
+    assert max(stops) < 0.7, [f"{s:.2f}" for s in stops]
