@@ -19,7 +19,7 @@ from typing import Any, Callable
 import zmq
 
 from agent_bridge import protocol as wire
-from agent_bridge.server import bind_agent_socket
+from agent_bridge.server import INTERRUPT_CHECK_S, bind_agent_socket
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,6 @@ class Request:
     @property
     def type(self) -> str:
         return self.message["type"]
-
-
-INTERRUPT_CHECK_S = 0.02
 
 
 class RouterEndpoint:

@@ -24,11 +24,11 @@ SPIN_ENV = "FLATEVAL_SPIN_US"
 `flateval run` when every process of a pair has a core of its own."""
 
 
-SIGNAL_CHECK_MS = 50
-"""`serve` waits for a request in slices of this long. A SIGTERM may be taken by any thread of the
-process (ZeroMQ's, a BLAS pool's); Python runs its handler in the main thread only once that thread
-is back in Python, and a thread blocked in ZeroMQ for the next request never is: the agent sat out
-its stop grace and was killed (3 s of a run's end, one run in two)."""
+INTERRUPT_CHECK_S = 0.02
+"""An agent's main thread, waiting for a request, gets back to Python this often. A SIGTERM may be
+taken by any thread of the process (a BLAS pool's, say); Python runs its handler in the main thread
+only once that thread is back in Python, and one blocked in ZeroMQ until the next request never is:
+the agent sat out its stop grace and was killed (3 s of a run's end, one run in two)."""
 
 
 class Terminated(BaseException):
@@ -197,8 +197,8 @@ def serve(
     served = 0
     try:
         while max_requests is None or served < max_requests:
-            while not sock.poll(SIGNAL_CHECK_MS):
-                pass  # back in Python now and then: see SIGNAL_CHECK_MS
+            while not sock.poll(round(INTERRUPT_CHECK_S * 1000)):
+                pass  # back in Python now and then: see INTERRUPT_CHECK_S
             frame = sock.recv(copy=True)
             served += 1
             try:

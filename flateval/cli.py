@@ -419,10 +419,10 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
     signal.signal(signal.SIGTERM, _interrupt)  # stop the paired agent too, whenever it comes
     agent = None
     try:
-        if (agent_command or agent_image) and agent_endpoint and "{slot}" in agent_endpoint:
-            raise CliError("an --agent-endpoint with {slot} names agents someone else runs: leave it out with "
-                           "--agent-command or --agent-image")
         if agent_command or agent_image:  # first: its start-up overlaps the worker's own imports
+            if agent_endpoint and "{slot}" in agent_endpoint:
+                raise CliError("an --agent-endpoint with {slot} names agents someone else runs: leave it out "
+                               "with --agent-command or --agent-image")
             from env_worker.agent_process import AgentStartError
             from env_worker.agent_start import start_agent
 

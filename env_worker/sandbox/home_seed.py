@@ -15,24 +15,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from env_worker.sandbox.launcher import MAX_CARRIED_BYTES
+
 FONT_LISTS = "fontlist-v*.json"
-MAX_SEED_BYTES = 1 << 20
-"""A font list is ~30 KB for a few dozen fonts; anything far larger is not one."""
 
 
-def host_matplotlib_cache(environ: dict[str, str] | None = None) -> Path | None:
+def host_matplotlib_cache() -> Path | None:
     """matplotlib's cache folder for this process: ``$MPLCONFIGDIR``, else ``$XDG_CACHE_HOME/matplotlib``,
     else ``~/.cache/matplotlib`` (matplotlib's own order on Linux)."""
-    env = os.environ if environ is None else environ
+    env = os.environ
     if env.get("MPLCONFIGDIR"):
         return Path(env["MPLCONFIGDIR"])
     cache = env.get("XDG_CACHE_HOME") or (os.path.join(env["HOME"], ".cache") if env.get("HOME") else None)
     return Path(cache, "matplotlib") if cache else None
 
 
-def seed_files(environ: dict[str, str] | None = None) -> list[tuple[Path, str]]:
-    """(host file, path under the agent's home) for every font list to copy in."""
-    cache = host_matplotlib_cache(environ)
+def seed_files() -> list[tuple[Path, str]]:
+    """(host file, path under the agent's home) for every font list to copy in (no larger than the
+    launcher carries into the agent's disk)."""
+    cache = host_matplotlib_cache()
     if cache is None:
         return []
     try:
@@ -40,7 +41,7 @@ def seed_files(environ: dict[str, str] | None = None) -> list[tuple[Path, str]]:
     except OSError:
         return []
     return [(path, f".cache/matplotlib/{path.name}") for path in found
-            if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_SEED_BYTES]
+            if path.is_file() and not path.is_symlink() and path.stat().st_size <= MAX_CARRIED_BYTES]
 
 
 def seed_home(home: Path, uid: int | None) -> None:

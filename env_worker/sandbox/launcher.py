@@ -45,8 +45,9 @@ import struct
 import sys
 
 PLACES = ("/tmp", "/var/tmp", "/dev/shm")
-MAX_CARRIED_BYTES = 1 << 20
 """The machine's shared writable places: each is the agent's own, a folder of its private disk."""
+MAX_CARRIED_BYTES = 1 << 20
+"""The largest file of the worker's seed of a home carried into the agent's disk (a font list is ~30 KB)."""
 OUTPUT_HEAD_BYTES = 64 * 1024
 """What the agent prints first is kept (its start-up)."""
 OUTPUT_TAIL_BYTES = 64 * 1024
