@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_test_set import parser_with_test_set, test_set_for  # noqa: E402
 
 from core.settings import RunSettings  # noqa: E402
-from flateval.local_cluster import run_local  # noqa: E402
+from flateval.local_run import run_local  # noqa: E402
 from flateval.planning import plan_run  # noqa: E402
 
 DO_NOTHING = f"{sys.executable} -m agent_bridge.examples.do_nothing"

@@ -13,6 +13,7 @@ The password is the data nodes'; sentinels are asked without one.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -24,6 +25,7 @@ from redis.sentinel import Sentinel, SentinelManagedConnection
 RETRIES = 16
 SENTINEL_RETRIES = 40
 SENTINEL_SCHEME = "redis+sentinel"
+WAIT_POLL_S = 0.02
 ADDRESS_FORMS = ("redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS), unix://[:PASSWORD@]/PATH[?db=N], "
                  "or redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]")
 
@@ -131,15 +133,21 @@ def _primary_of(address: SentinelAddress, **options) -> redis.Redis:
                                 connection_class=PrimaryConnection, **options)
 
 
-def connect(url: str) -> redis.Redis:
-    """Check Redis answers now (failing fast, in one line), then hand out the retrying client."""
+def connect(url: str, wait_s: float = 0.0) -> redis.Redis:
+    """Check Redis answers now (failing fast, in one line), then hand out the retrying client.
+    `wait_s`: keep asking that long first, for a Redis that is being started beside us."""
     sentinel = check_address(url)
-    probe = (_primary_of(sentinel, socket_connect_timeout=5, socket_timeout=5) if sentinel
-             else redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5))
-    try:
-        probe.ping()
-    except (redis.RedisError, OSError) as exc:
-        raise RedisUnreachable(f"cannot reach Redis at {redact(url)}: {exc}") from None
-    finally:
-        probe.close()
-    return redis_connection(url)
+    deadline = time.monotonic() + wait_s
+    while True:
+        probe = (_primary_of(sentinel, socket_connect_timeout=5, socket_timeout=5) if sentinel
+                 else redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5))
+        try:
+            probe.ping()
+            return redis_connection(url)
+        except (redis.RedisError, OSError) as exc:
+            not_up = isinstance(exc, (redis.ConnectionError, OSError)) and not isinstance(exc, redis.AuthenticationError)
+            if not not_up or time.monotonic() >= deadline:
+                raise RedisUnreachable(f"cannot reach Redis at {redact(url)}: {exc}") from None
+        finally:
+            probe.close()
+        time.sleep(WAIT_POLL_S)  # nothing tells us when a Redis we do not own starts listening

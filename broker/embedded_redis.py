@@ -24,6 +24,7 @@ from typing import Sequence
 from core.process_identity import ProcessIdentity
 
 SERVER_FILE = "redis-server.pid"
+SOCKET_NAME = "redis.sock"
 
 
 class RedisStartError(RuntimeError):
@@ -72,6 +73,16 @@ class RedisServer:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def socket_url(directory: str | os.PathLike, password: str | None = None) -> str:
+    """The address of the unix socket a server started in `directory` listens on: known before it
+    starts, so that its clients may be started first (they wait for it: `broker.connection.connect`)."""
+    return f"unix://{_auth(password)}{os.path.join(directory, SOCKET_NAME)}?db=0"
+
+
+def _auth(password: str | None) -> str:
+    return f":{password}@" if password else ""
+
+
 def start_redis(
     port: int | None = None,
     password: str | None = None,
@@ -91,7 +102,7 @@ def start_redis(
     directory = directory or tempfile.mkdtemp(prefix="flateval-redis-")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
-    socket_path = os.path.join(directory, "redis.sock")
+    socket_path = os.path.join(directory, SOCKET_NAME)
     unix = port is None or bool(launcher)
     args = [*launcher, redis_server_binary(), "--daemonize", "no", "--dir", directory, "--save", "",
             "--appendonly", "yes" if appendonly else "no", "--bind", bind,
@@ -105,8 +116,7 @@ def start_redis(
     # down under `flateval run`, which still reads the finished episodes from it; it is stopped by pid.
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
-    auth = f":{password}@" if password else ""
-    url = f"unix://{auth}{socket_path}?db=0" if unix else f"redis://{auth}127.0.0.1:{port}/0"
+    url = socket_url(directory, password) if unix else f"redis://{_auth(password)}127.0.0.1:{port}/0"
     server = RedisServer(process, url, directory, port)
     identity = ProcessIdentity.of(process.pid)
     if identity is not None:

@@ -19,10 +19,9 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from broker import store
-from core.settings import DEFAULT_METRICS_HOST
+from core.settings import DEFAULT_METRICS_HOST, MULTIPROC_ENV  # noqa: F401  (its users find it here)
 from scoring.aggregate import primary_score
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RECENT_S = 3600.0
 """Finished submissions keep their per-submission score series for this long."""
 

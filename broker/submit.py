@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from dataclasses import replace
 from typing import Sequence
 
@@ -19,6 +18,7 @@ from rq import Queue
 
 from broker import store
 from broker.cleanup import cleanup_ended
+from broker.keys import new_submission_id
 from broker.plan import SubmissionPlan
 from core.episode_spec import EpisodeSpec
 
@@ -27,10 +27,6 @@ JOB_FUNCTION = "env_worker.job.run_episode_job"
 project: the env workers above this layer import it, we only name it)."""
 RESULT_TTL_S = 0  # results live in the submission's hash, not in RQ's job results
 FAILURE_TTL_S = 7 * 24 * 3600
-
-
-def new_submission_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def episode_specs(sid: str, plan: SubmissionPlan) -> list[EpisodeSpec]:

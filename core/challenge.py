@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from core.settings import (
     AGGREGATIONS,
     DEFAULT_OBSERVATION_BUILDERS,
@@ -342,6 +340,8 @@ def _parse(data: Any, base_dir: Path | None) -> Challenge:
 
 def load_challenge(path_or_name: str | Path | None = None) -> Challenge:
     """A challenge from a YAML file, or a bundled one by name (default: neurips2020)."""
+    import yaml  # only here: a worker reads the resource types of this module at its start, never a file
+
     path = Path(path_or_name) if path_or_name else BUNDLED_DIR / "neurips2020.yaml"
     if not path.exists() and (BUNDLED_DIR / f"{path_or_name}.yaml").exists():
         path = BUNDLED_DIR / f"{path_or_name}.yaml"

@@ -1,6 +1,7 @@
 """Who a pid is. A process is its pid *and* its start time: once a process dies the kernel may hand
 its pid to another, so anything that reaps what a dead process left (a run folder, a server it
-started) first checks that the pid still names the process that wrote it."""
+started) first checks that the pid still names the process that wrote it. And which processes of
+a group still run: what stopping an agent's whole group waits for."""
 
 from __future__ import annotations
 
@@ -68,3 +69,13 @@ class ProcessIdentity:
             return cls.from_text(path.read_text())
         except OSError:
             return None
+
+
+def live_group_members(pgid: int) -> int:
+    """How many processes of group `pgid` still run (zombies, which no one may reap here, excluded)."""
+    count = 0
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = stat_fields(entry.name)
+        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+            count += 1
+    return count

@@ -34,6 +34,8 @@ TEST_SET_DIR_ENV = "FLATEVAL_TEST_SET_DIR"
 RECORD_DIR_ENV = "FLATEVAL_RECORD_DIR"  # a worker's record dir (docs/audit.md)
 METRICS_HOST_ENV = "FLATEVAL_METRICS_HOST"
 DEFAULT_METRICS_HOST = "127.0.0.1"  # /metrics on loopback unless asked: a container says 0.0.0.0 (deploy/)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: where forked processes write their metrics
+LINK_SPIN_ENV = "FLATEVAL_LINK_SPIN_US"  # how long a worker busy-waits for its agent's reply (env_worker.agent_link)
 
 FLATLAND = "flatland"
 GYMNASIUM = "gymnasium"

@@ -21,13 +21,13 @@ from zmq.utils.monitor import parse_monitor_message
 from agent_bridge import protocol as wire
 from agent_bridge.spin import spin_until_readable
 from core.outcomes import AGENT_ERROR, TIMEOUT
+from core.settings import LINK_SPIN_ENV
 
 DROP_DIAGNOSIS_S = 0.1
 """After the agent's connection drops mid-request, how long to wait to tell why. A dead peer makes
 ZeroMQ retry the connection at once (EVENT_CONNECT_RETRIED within a millisecond or two); a reply cut
 by ZeroMQ itself for exceeding the size cap is a protocol error, after which ZeroMQ never retries."""
 
-LINK_SPIN_ENV = "FLATEVAL_LINK_SPIN_US"
 DEFAULT_SPIN_S = float(os.environ.get(LINK_SPIN_ENV, "300")) / 1e6
 """After sending, busy-wait (yielding the core) this long for the reply before blocking in poll:
 a blocked process takes tens of microseconds to be woken, which is most of a fast agent's round

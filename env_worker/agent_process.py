@@ -41,7 +41,7 @@ from agent_bridge import protocol as wire
 from agent_bridge.server import BIND_ENV, CURVE_SECRET_ENV, SPIN_ENV
 from env_worker.agent_link import AgentFault, AgentLink, AgentProtocolFault
 from env_worker.sandbox import NO_SANDBOX, AgentUsage, Sandbox, SandboxError, SandboxSpec, launcher
-from core.process_identity import stat_fields
+from core.process_identity import live_group_members
 from env_worker.sandbox.usage import session_usage
 
 OUTPUT_TAIL_CHARS = 10_000
@@ -293,16 +293,6 @@ def output_keeper(log: BinaryIO) -> tuple[subprocess.Popen, BinaryIO]:
     finally:
         os.close(read)
     return keeper, os.fdopen(write, "wb")
-
-
-def live_group_members(pgid: int) -> int:
-    """How many processes of group `pgid` still run (zombies, which no one may reap here, excluded)."""
-    count = 0
-    for entry in Path("/proc").glob("[0-9]*"):
-        fields = stat_fields(entry.name)
-        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
-            count += 1
-    return count
 
 
 def agent_output_tail(log_path: Path, chars: int = OUTPUT_TAIL_CHARS) -> str:

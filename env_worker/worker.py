@@ -133,6 +133,7 @@ def run_worker(
     curve_server_key: str | None = None,
     record_dir: str | None = None,
     metrics_url: str | None = None,
+    redis_wait_s: float = 0.0,
 ) -> None:
     """Pair with an agent and work the queues until stopped, saying so on stderr (a start line, one
     line per episode; `metrics_url` is only named there). Stops `agent` when it ends, however.
@@ -140,10 +141,11 @@ def run_worker(
     `agent` is the agent this worker owns, already launched (`env_worker.agent_start`: before the
     worker's own imports, so that the two start-ups overlap); it is restarted after faults. Without
     one the worker pairs with the agent at `agent_endpoint`: a template with ``{slot}`` in it makes
-    the worker claim a free slot in Redis (see `env_worker.agent_slots`).
+    the worker claim a free slot in Redis (see `env_worker.agent_slots`). `redis_wait_s`: how long
+    Redis may take to answer (`flateval run` starts its own beside its workers).
     """
     try:
-        conn = connect(redis_url)
+        conn = connect(redis_url, wait_s=redis_wait_s)
     except RedisUnreachable as exc:
         if agent:
             agent.discard()

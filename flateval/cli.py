@@ -284,7 +284,7 @@ def run(agent_command: str, test_set: str | None, workers: int, redis_url: str |
     from broker.plan import PlanError
     from broker.test_set import TestSetError
     from core.challenge import ChallengeError
-    from flateval.local_cluster import RunError, run_local
+    from flateval.local_run import RunError, run_local
     from flateval.planning import BUNDLED_TEST_SET, plan_run
     from flateval.progress import ProgressView
 
@@ -388,14 +388,15 @@ def _keep_results(document: dict[str, Any], output: str | None) -> Path:
 @click.option("--agent-hide", multiple=True, hidden=True, help="A path the started agent must not see.")
 @click.option("--agent-cpu-offset", type=click.IntRange(min=0), hidden=True,
               help="Where among this worker's cores the agent's start (default: the least used).")
+@click.option("--redis-wait", type=click.FloatRange(min=0), default=0.0, hidden=True,
+              help="Seconds Redis may take to answer at start (flateval run starts its own beside its workers).")
 def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str | None, agent_command: str | None,
            agent_log: str | None, agent_pidfile: str | None, name: str | None, burst: bool,
            startup_timeout: float, metrics_port: int | None, metrics_host: str, agent_slots: int | None,
            curve: bool,
            agent_curve_key: str | None, record_dir: str | None, agent_cpus: float | None, agent_memory: str | None,
            agent_disk: str | None, agent_pids: int | None, no_sandbox: bool, agent_image: str | None,
-           agent_hide: tuple[str, ...],
-           agent_cpu_offset: int | None) -> None:
+           agent_hide: tuple[str, ...], agent_cpu_offset: int | None, redis_wait: float) -> None:
     """Run an env worker paired with one agent (without --queue: every open submission's queue).
 
     An agent it starts (--agent-command) is sandboxed with neurips2020's agent resources unless
@@ -439,7 +440,8 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
                        burst=burst, startup_timeout_s=startup_timeout, agent_slots=agent_slots,
                        curve_server_key=agent_curve_key,
                        record_dir=str(Path(record_dir).resolve()) if record_dir else None,
-                       metrics_url=_metrics_url(metrics_host, metrics_port) if metrics_port else None)
+                       metrics_url=_metrics_url(metrics_host, metrics_port) if metrics_port else None,
+                       redis_wait_s=redis_wait)
         except WorkerStartError as exc:
             raise CliError(str(exc)) from None
     except KeyboardInterrupt:

@@ -245,7 +245,7 @@ class FabOrchestrator:
 
     def _evaluate(self, task: FabTask) -> tuple[dict[str, dict[str, dict[str, float]]], str | None]:
         from core.settings import RunSettings
-        from flateval.local_cluster import RunError, run_local
+        from flateval.local_run import RunError, run_local
 
         sid, host = task.submission_id, self.host
         if not task.tests:

@@ -74,7 +74,8 @@ def warm_up() -> None:
     import flatland.evaluators.trajectory_evaluator  # noqa: F401
     import requests_oauthlib  # noqa: F401
 
-    import flateval.local_cluster  # noqa: F401
+    import flateval.local_evaluation  # noqa: F401
+    import flateval.local_run  # noqa: F401
     from flateval.fab_api import clientlib
 
     clientlib()

@@ -1,11 +1,6 @@
-"""`flateval run`: a whole local cluster for one submission, started and stopped by us.
-
-1. plan the episodes (a test set's, or a gymnasium env's), reach Redis (or start an embedded one),
-   create the submission;
-2. start N `flateval worker` processes, each starting and supervising one agent from ``--agent``;
-3. once every pair answered its handshake, enqueue the episodes (timing starts here);
-4. follow the results in Redis (progress bar) until the submission ends or its time runs out;
-5. stop every process we started, by pid, and return the results document.
+"""The processes of `flateval run`'s local cluster: N worker+agent pairs and the embedded Redis,
+started and stopped by pid. Imports nothing heavy (no redis, rq, prometheus): the pairs are spawned
+before the command loads those, so that the agents' start-up, the longest wait, begins first.
 """
 
 from __future__ import annotations
@@ -19,27 +14,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import redis
 
 from agent_bridge.server import SPIN_ENV
-from broker import connection, reaper, stop_rules, store, submit
 from broker.embedded_redis import RedisServer, RedisStartError, start_redis
-from broker.exporter import MULTIPROC_ENV, metrics_registry, serve_metrics
 from broker.plan import SubmissionPlan
-from broker.results import results_document
 from core.cpu_share import CpuShare, fair_share
-from core.settings import REDIS_URL_ENV, RunSettings
-from env_worker.agent_link import LINK_SPIN_ENV
-from env_worker.agent_process import agent_output_tail, live_group_members
+from core.process_identity import live_group_members
+from core.settings import LINK_SPIN_ENV, MULTIPROC_ENV, REDIS_URL_ENV, RunSettings
 from env_worker.worker_log import is_log_line
-from flateval.run_folders import REDIS_DIR, make_run_dir, reap_dead_runs
+from flateval.run_folders import REDIS_DIR
 
 POLL_S = 0.02
-REAP_EVERY_S = 1.0
 MAX_RESPAWNS = 5
 AGENT_SPIN_US = 1000
+REDIS_WAIT_S = 15.0
+"""How long a worker waits for Redis to answer at its start: the pairs are spawned before the
+embedded Redis, which has 10 s to start or the run fails (and stops them)."""
 
 
 class RunError(RuntimeError):
@@ -100,6 +90,14 @@ class LocalCluster:
                 and not self.hurry.is_set():
             time.sleep(POLL_S)  # an agent's exit, in another process's care, is no event we can wait on
 
+    def start_redis(self) -> str:
+        """Start the embedded Redis in the run's folder; its address (`redis_url` knew it before)."""
+        try:
+            self.redis_server = start_redis(directory=str(self.run_dir / REDIS_DIR), appendonly=True)
+        except RedisStartError as exc:
+            raise RunError(f"cannot start the embedded Redis: {exc}") from None
+        return self.redis_server.url
+
     def stop(self) -> None:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -151,14 +149,7 @@ def _remove_orphan_containers() -> None:
         pass
 
 
-def connect(url: str) -> redis.Redis:
-    try:
-        return connection.connect(url)
-    except connection.RedisUnreachable as exc:
-        raise RunError(str(exc)) from None
-
-
-def _last_line(path: Path) -> str:
+def last_line(path: Path) -> str:
     """A worker's last words (its error), its log lines (start, episodes) left out."""
     try:
         lines = [line for line in path.read_text(errors="replace").splitlines()
@@ -180,7 +171,7 @@ def _spawn_pair(cluster: LocalCluster, settings: RunSettings, redis_url: str, qu
     agent_log = cluster.run_dir / f"pair-{index}.agent.log"
     name = f"{tag}-{queue}"
     args = [sys.executable, "-m", "flateval", "worker", "--queue", queue, "--agent-log", str(agent_log),
-            "--agent-pidfile", str(pidfile), "--name", name,
+            "--agent-pidfile", str(pidfile), "--name", name, "--redis-wait", f"{REDIS_WAIT_S:g}",
             "--startup-timeout", str(settings.agent_startup_timeout_s)] + (["--curve"] if settings.curve else [])
     args += (["--agent-command", settings.agent_command] if settings.agent_command else []) + (
         ["--agent-image", settings.agent_image] if settings.agent_image else [])
@@ -236,7 +227,7 @@ def sandbox_args(settings: RunSettings, plan: SubmissionPlan, run_dir: Path) -> 
     return args, share
 
 
-def _sandbox_line(log: Path, timeout_s: float = 5.0) -> str | None:
+def sandbox_line(log: Path, timeout_s: float = 5.0) -> str | None:
     """The line a worker prints once its agent runs, saying which fences are in force."""
     from env_worker.sandbox.report import PREFIX
 
@@ -269,17 +260,17 @@ def link_spin_env(workers: int) -> dict[str, str]:
     return {LINK_SPIN_ENV: "0"}
 
 
-def _start_pairs(cluster: LocalCluster, settings: RunSettings, redis_url: str, queue: str) -> None:
+def start_pairs(cluster: LocalCluster, settings: RunSettings, redis_url: str, queue: str) -> None:
     for index in range(settings.workers):
         cluster.pairs.append(_spawn_pair(cluster, settings, redis_url, queue, index))
 
 
-def _wait_pairs_ready(cluster: LocalCluster, timeout_s: float) -> None:
+def wait_pairs_ready(cluster: LocalCluster, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         for pair in cluster.pairs:
             if pair.process.poll() is not None:
-                reason = _last_line(pair.log) or f"worker exited with code {pair.process.returncode}"
+                reason = last_line(pair.log) or f"worker exited with code {pair.process.returncode}"
                 raise RunError(reason.removeprefix("flateval: "))
         if all(pair.agent_pidfile.exists() for pair in cluster.pairs):
             return
@@ -288,7 +279,7 @@ def _wait_pairs_ready(cluster: LocalCluster, timeout_s: float) -> None:
         time.sleep(POLL_S)  # polling child processes for readiness
 
 
-def _respawn_dead_pairs(cluster: LocalCluster, settings: RunSettings, redis_url: str, queue: str) -> None:
+def respawn_dead_pairs(cluster: LocalCluster, settings: RunSettings, redis_url: str, queue: str) -> None:
     """A worker that died (killed, crashed) is replaced, agent and all; its episode is re-run by
     the reaper. A pair that keeps dying is given up after `MAX_RESPAWNS`."""
     for i, pair in enumerate(cluster.pairs):
@@ -296,134 +287,3 @@ def _respawn_dead_pairs(cluster: LocalCluster, settings: RunSettings, redis_url:
             continue
         _kill_agent_group(pair.agent_pidfile)
         cluster.pairs[i] = _spawn_pair(cluster, settings, redis_url, queue, pair.index, pair.generation + 1)
-
-
-def run_local(settings: RunSettings, plan: SubmissionPlan,
-              on_progress: Callable[[list[dict], store.Submission], None] | None = None,
-              on_notice: Callable[[str], None] | None = None, hurry: threading.Event | None = None) -> dict:
-    """Evaluate one submission (`flateval.planning.plan_run`) on a local cluster; return the results
-    document. `on_progress` gets the results so far and the submission's record whenever a result
-    arrives; `on_notice`, once the agents run, the line saying what each agent gets, then the one
-    saying how they are sandboxed; `hurry`, once set, cuts short every wait for a process to end on
-    its own (a stop asked for again).
-
-    Raises `RunError`: before the submission exists without a document; after, with its document
-    (failed: an agent that could not start; cancelled: SIGINT, or SIGTERM turned into one by the CLI)."""
-    check_hideable(settings, plan)
-    reap_dead_runs()  # what runs killed before us left: their folders and embedded Redis servers
-    cluster = LocalCluster(make_run_dir(), hurry=hurry or threading.Event())
-    try:
-        if settings.redis_url:
-            redis_url = settings.redis_url
-        else:
-            try:
-                cluster.redis_server = start_redis(directory=str(cluster.run_dir / REDIS_DIR), appendonly=True)
-            except RedisStartError as exc:
-                raise RunError(f"cannot start the embedded Redis: {exc}") from None
-            redis_url = cluster.redis_server.url
-        conn = connect(redis_url)
-        if settings.metrics_port:
-            try:
-                server, _ = serve_metrics(settings.metrics_port, metrics_registry(conn, str(cluster.metrics_dir)),
-                                          settings.metrics_host)
-            except OSError as exc:
-                raise RunError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
-                               f"{exc.strerror or exc}") from None
-            cluster.metrics_server = server
-        sid = submit.create(conn, plan, agent_command=settings.agent, workers=settings.workers)
-        cluster.agent_image = settings.agent_image
-        try:
-            _evaluate(conn, sid, cluster, settings, plan, redis_url, on_progress, on_notice)
-        except redis.RedisError as exc:  # past the client's retries: Redis is gone for good
-            lost = RunError(f"Redis at {connection.redact(redis_url)} stopped answering: {exc}")
-            raise _ended_early(conn, sid, cluster, lost) from None
-        except (RunError, KeyboardInterrupt) as exc:
-            raise _ended_early(conn, sid, cluster, exc) from None
-        cluster.stop_pairs()
-        _keep_agent_logs(conn, sid, cluster)
-        return results_document(conn, sid)
-    finally:
-        cluster.stop()
-
-
-def _evaluate(conn: redis.Redis, sid: str, cluster: LocalCluster, settings: RunSettings, plan: SubmissionPlan,
-              redis_url: str, on_progress: Callable[[list[dict], store.Submission], None] | None,
-              on_notice: Callable[[str], None] | None) -> None:
-    """Start the pairs, enqueue the episodes once every agent answered (timing starts there), follow
-    the submission until it ends."""
-    queue = store.queue_name(sid)
-    cluster.agent_args, cluster.share = sandbox_args(settings, plan, cluster.run_dir)
-    _start_pairs(cluster, settings, redis_url, queue)
-    _wait_pairs_ready(cluster, settings.agent_startup_timeout_s + 30)
-    line = _sandbox_line(cluster.pairs[0].log)
-    if on_notice:  # once the agents run: what each got, then how it is fenced in
-        for notice in ([cluster.share.line()] if cluster.share else []) + ([line] if line else []):
-            on_notice(notice)
-    specs = submit.episode_specs(sid, plan)
-    started = time.time()
-    submit.enqueue(conn, sid, plan, specs)
-    _follow(conn, sid, cluster, started + plan.overall_s, on_progress,
-            respawn=lambda: _respawn_dead_pairs(cluster, settings, redis_url, queue))
-
-
-def _ended_early(conn: redis.Redis, sid: str, cluster: LocalCluster, cause: BaseException) -> RunError:
-    """End the submission as `cause` says (an interrupt: cancelled; an agent that could not start:
-    failed), stop the pairs, and give the error with the results document: the episodes that
-    finished (kept, without a score) and the agents' output (a start-up traceback)."""
-    interrupted = isinstance(cause, KeyboardInterrupt)
-    try:
-        store.finalize(conn, sid, store.CANCELLED if interrupted else store.FAILED,
-                       "interrupted" if interrupted else str(cause))
-        submit.drop_queue(conn, sid)
-        cluster.stop_pairs()
-        _keep_agent_logs(conn, sid, cluster)  # their last words too
-        document = results_document(conn, sid)
-    except redis.RedisError as exc:  # nothing left to read them from
-        return RunError(f"{'interrupted' if interrupted else cause}; no results: Redis does not answer ({exc})")
-    if not interrupted:
-        return RunError(str(cause), document)
-    if document["status"] == store.FINISHED:  # its last result came first
-        return RunError("interrupted as the submission finished: its results are complete", document)
-    finished = len(document["episodes"])
-    return RunError(f"interrupted: the submission is {document['status']}, its {finished} finished "
-                    f"episode{'' if finished == 1 else 's'} kept without a score; everything started was stopped",
-                    document)
-
-
-def _keep_agent_logs(conn: redis.Redis, sid: str, cluster: LocalCluster) -> None:
-    """The agents' last words (what a script prints after its last episode) into the results: the
-    workers kept each log's tail after every episode, this keeps it after the agent stopped."""
-    for pair in cluster.pairs:
-        tail = agent_output_tail(pair.agent_log)
-        if tail:
-            store.save_agent_log(conn, sid, pair.name, tail)
-
-
-def _follow(conn: redis.Redis, sid: str, cluster: LocalCluster, deadline: float,
-            on_progress: Callable[[list[dict], store.Submission], None] | None, respawn: Callable[[], None]) -> None:
-    """Watch the submission until it ends; keep its pairs alive and re-run dead workers' episodes;
-    fail it when its time runs out or its pairs cannot be kept alive."""
-    seen = -1
-    reaped_at = 0.0
-    while True:  # two small reads a poll; the record and the results only when a result came
-        status, count = store.get_status(conn, sid), store.count_results(conn, sid)
-        if status is None:
-            raise RunError(f"Redis lost the state of submission {sid} (it restarted without its data?): "
-                           f"no score; evaluate it again")
-        if on_progress and count != seen:
-            seen = count
-            on_progress(store.get_results(conn, sid), store.get_submission(conn, sid))
-        if status in store.TERMINAL:
-            return
-        if stop_rules.check_deadline(conn, sid, deadline):
-            return
-        respawn()
-        if all(p.process.poll() is not None for p in cluster.pairs):
-            reason = _last_line(cluster.pairs[0].log) or "every worker exited"
-            stop_rules.fail(conn, sid, f"all workers stopped: {reason}")
-            return
-        if time.monotonic() - reaped_at > REAP_EVERY_S:
-            reaper.requeue_orphans(conn, sid)
-            reaper.requeue_lost(conn, sid)
-            reaped_at = time.monotonic()
-        time.sleep(POLL_S)  # progress polling of Redis, not a synchronization point

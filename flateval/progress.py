@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker.store import CANCELLED, FAILED, TERMINAL, Submission
+from broker.status import CANCELLED, FAILED, TERMINAL
 from core.outcomes import AGENT_ERROR, ENV_ERROR, TIMEOUT
 from core.settings import FAB_AGGREGATION
 from scoring.aggregate import primary_score
 from scoring.export import episodes_played
+
+if TYPE_CHECKING:
+    from broker.store import Submission
 
 console = Console(stderr=True)
 

@@ -20,7 +20,7 @@ import redis as redis_lib
 
 from broker import cleanup, reaper, store
 from broker.embedded_redis import start_redis
-from env_worker.agent_process import live_group_members
+from core.process_identity import live_group_members
 from tests.conftest import free_port, slow_agent
 from tests.test_run import DO_NOTHING, FLATEVAL, check_against_direct, flateval, leftover_processes
 
