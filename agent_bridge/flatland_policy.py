@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from agent_bridge.deferred_imports import defer_imports
 from agent_bridge.flatland_remote import FlatlandRemoteClient, TimeoutException
 
 
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    defer_imports()  # before flatland loads (agent_bridge.deferred_imports)
     try:
         policy = resolve_type(args.policy, args.policy_pkg, args.policy_cls, "policy")
         if policy is None:

@@ -15,8 +15,9 @@ Two workloads, on the same generated test set, rounds interleaved, medians print
   2020 starter kit's run.py (benchmarks/starter_kit_run.py: its own tree observations, normalized as
   the kit does, a DDDQN evaluated with torch per agent per step; needs ``pip install flateval[bench]``),
   with torch's default threads, as participants ran it. Each round also measures the workload's floor
-  (benchmarks/starter_kit_floor.py: the kit's own work with no evaluator, 1 thread): no evaluator
-  can do better than `floor-1` with one worker, nor than `floor-2` with two on 2 cores.
+  (benchmarks/starter_kit_floor.py: the kit's own work with no evaluator, 1 thread, in one process
+  and in two at once): no evaluator can do better than `floor-1` with one worker, nor than
+  `floor-2` with two on 2 cores.
 
 With ``--background-load N``, N processes that only spin run beside every command, at the same
 priority: the busy machine the issue measured on (others' jobs sharing the cores), made repeatable.
@@ -74,13 +75,16 @@ def script_round(script: Path, test_set: Path) -> dict[str, float]:
 
 
 def kit_floor(test_set: Path) -> dict[str, float]:
-    """The torch-kit's floors with 1 and 2 workers (benchmarks/starter_kit_floor.py), one thread."""
-    done = subprocess.run([sys.executable, str(HERE / "starter_kit_floor.py"), str(test_set)], capture_output=True,
-                          text=True, env={**os.environ, **thread_variables(1)})
-    if done.returncode != 0:
-        raise RuntimeError(f"the floor failed: {done.stderr[-2000:]}")
-    floor = json.loads(done.stdout.splitlines()[-1])
-    return {"floor-1": floor["floor_1_s"], "floor-2": floor["floor_2_s"]}
+    """The torch-kit's floors with 1 and 2 workers (benchmarks/starter_kit_floor.py): one process,
+    then two at once, one per core; one thread each."""
+    floors = {}
+    for pairs in (1, 2):
+        done = subprocess.run([sys.executable, str(HERE / "starter_kit_floor.py"), str(test_set), "--pairs", str(pairs)],
+                              capture_output=True, text=True, env={**os.environ, **thread_variables(1)})
+        if done.returncode != 0:
+            raise RuntimeError(f"the floor failed: {done.stderr[-2000:]}")
+        floors[f"floor-{pairs}"] = json.loads(done.stdout.splitlines()[-1])[f"floor_{pairs}_s"]
+    return floors
 
 
 def flateval_command_wall_s(script: Path, test_set: Path, workers: int) -> float:

@@ -180,6 +180,52 @@ def _connect_or_error(connect, url: str, wait_s: float):
         return exc
 
 
+PYPLOT_CHECK = """
+import sys, types
+
+def deferred():
+    module = sys.modules.get("matplotlib.pyplot")
+    return module is not None and type(module) is not types.ModuleType  # type() does not load it
+
+print("loaded by flatland, deferred:", deferred())
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+plt.figure().savefig(sys.argv[1])  # a script that plots gets the real module
+print("after use, deferred:", deferred())
+"""
+
+
+@pytest.mark.parametrize("bridge", ["flatland_remote", "process"])
+def test_flatlands_pyplot_loads_at_its_first_use_not_at_the_agents_start(tmp_path, bridge):
+    """flatland imports matplotlib.pyplot with its rail env: 0.2-0.3 s of every agent's and worker's
+    start, for a module no episode uses. It is bound at once and loaded when first used."""
+    script = tmp_path / "plots.py"
+    script.write_text(PYPLOT_CHECK)
+    if bridge == "flatland_remote":  # a participant's FlatlandRemoteClient script, as the bridge runs it
+        command = [sys.executable, "-m", "agent_bridge.flatland_remote", str(script), str(tmp_path / "plot.png")]
+    else:  # what a worker does before it loads flatland
+        command = [sys.executable, "-c", "import runpy, sys; from agent_bridge.deferred_imports import defer_imports; "
+                   "defer_imports(); import flatland.envs.rail_env; sys.argv = sys.argv[1:]; "
+                   "runpy.run_path(sys.argv[0], run_name='__main__')", str(script), str(tmp_path / "plot.png")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["loaded by flatland, deferred: True", "after use, deferred: False"]
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_a_worker_loads_flatland_without_pyplot(redis_url, tmp_path):
+    """A real worker, from its start to the end of a burst over an empty queue: it loads flatland's
+    rail env (its warm-up) and never runs pyplot (whose figure module pyplot would import)."""
+    done = _flateval("worker", "--redis", redis_url, "--queue", f"empty-{os.getpid()}", "--burst", "--no-sandbox",
+                     "--agent-command", f"{sys.executable} -m agent_bridge.examples.do_nothing",
+                     "--agent-log", str(tmp_path / "agent.log"), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "flatland.envs.rail_env" in imported
+    assert "matplotlib.figure" not in imported
+
+
 SCRIPT_WITH_LAST_WORDS = """
 import atexit, os, sys, threading, time
 
