@@ -104,7 +104,7 @@ def _flatland_caches() -> list:
             if not name.startswith("flatland") or module is None:
                 continue
             for value in list(vars(module).values()):
-                if not isinstance(value, type):
+                if not issubclass(type(value), type):  # type(): isinstance would load a deferred module
                     continue  # module-level caches take plain values (speeds, states): keep them warm
                 for holder in vars(value).values():
                     wrapped = getattr(holder, "__wrapped__", None)

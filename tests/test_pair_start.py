@@ -226,6 +226,36 @@ def test_a_worker_loads_flatland_without_pyplot(redis_url, tmp_path):
     assert "matplotlib.figure" not in imported
 
 
+WORKER_EPISODE = """
+import sys, types
+from agent_bridge.deferred_imports import defer_imports
+
+defer_imports()  # as `flateval worker` does first
+from env_worker.flatland_env import FlatlandEnv, warm_up
+
+warm_up()
+env = FlatlandEnv(sys.argv[1], seed=1001)
+env.serve_replica()
+env.reset()
+while not env.step({}).done:
+    pass
+env.score_inputs()
+env.release()  # clears flatland's caches: it looks through flatland's modules, where pyplot is bound
+print(type(sys.modules["matplotlib.pyplot"]) is not types.ModuleType)
+"""
+
+
+def test_a_workers_episode_never_loads_pyplot(tmp_path, small_test_set):
+    """Not at its end either: looking through flatland's modules for its caches once asked the
+    deferred module what it is, which loaded it (0.15 s at the end of the worker's first episode)."""
+    script = tmp_path / "episode.py"
+    script.write_text(WORKER_EPISODE)
+    done = subprocess.run([sys.executable, str(script), str(small_test_set / "Test_0" / "Level_0.pkl")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
+
+
 SCRIPT_WITH_LAST_WORDS = """
 import atexit, os, sys, threading, time
 
