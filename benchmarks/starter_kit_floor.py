@@ -10,8 +10,9 @@ authoritative copy, step it with the same actions, no observations; `worker_s`).
 nothing can beat ``startup_s + agent_s``: the agent's work is serial and the slower side.
 
 `--pairs N` (`floor-N`): N such processes at once, each pinned to a core of its own (the share
-`flateval run` gives each agent), taking the episodes in the test set's order as each becomes free
-(as N workers take them from the queue), measured from their start to the last one's end. This is
+`flateval run` gives each agent), taking the episodes as each becomes free, in the order
+`flateval run` enqueues them (`broker.submit.play_order`: biggest env files first), measured from
+their start to the last one's end. This is
 what N pairs on N cores could do at best with an evaluator that costs nothing. It is measured, not
 computed: ``startup_s + (agent_s + worker_s) / N`` would assume the episodes split evenly (8 of them
 do not) and that N busy cores run each as fast as one (they share caches and memory: 5-10 % slower
@@ -106,8 +107,9 @@ def claimed(claims: Path | None, index: int) -> bool:
         return False
 
 
-def one_process(test_set: Path, claims: Path | None = None) -> dict:
-    """The kit's work (and the evaluator side's least) for every episode this process takes."""
+def one_process(test_set: Path, claims: Path | None = None, order: list[str] | None = None) -> dict:
+    """The kit's work (and the evaluator side's least) for every episode this process takes, in
+    `order` (default: the test set's)."""
     import starter_kit_run as kit
     from flatland.envs.observations import TreeObsForRailEnv
 
@@ -115,7 +117,7 @@ def one_process(test_set: Path, claims: Path | None = None) -> dict:
     policy = kit.DDDQNPolicy(TreeObsForRailEnv(max_depth=kit.TREE_DEPTH).observation_dim * 21, kit.ACTION_SIZE)
     agent_s = worker_s = 0.0
     steps = episodes = 0
-    for index, rel in enumerate(env_files(test_set)):
+    for index, rel in enumerate(order or env_files(test_set)):
         if not claimed(claims, index):
             continue
         started = time.perf_counter()
@@ -132,10 +134,15 @@ def one_process(test_set: Path, claims: Path | None = None) -> dict:
 
 def pairs(test_set: Path, n: int) -> dict:
     """`n` processes at once, one per core, taking the episodes as they become free."""
+    from broker.submit import play_order
+
+    files = env_files(test_set)
+    order = [files[i] for i in play_order([str(test_set / rel) for rel in files])]
     cores = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as claims:
         started = time.perf_counter()
-        processes = [subprocess.Popen([sys.executable, __file__, str(test_set), "--claims", claims],
+        processes = [subprocess.Popen([sys.executable, __file__, str(test_set), "--claims", claims,
+                                       "--order", ",".join(order)],
                                       stdout=subprocess.PIPE, text=True,
                                       preexec_fn=(lambda core=cores[i % len(cores)]: os.sched_setaffinity(0, {core})))
                      for i in range(n)]
@@ -151,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("test_set", type=Path)
     parser.add_argument("--pairs", type=int, default=1, help="processes at once, one per core (default 1)")
     parser.add_argument("--claims", type=Path, help=argparse.SUPPRESS)  # a pair's: the folder of taken episodes
+    parser.add_argument("--order", help=argparse.SUPPRESS)  # a pair's: the env files, comma-separated, in play order
     args = parser.parse_args(argv)
     test_set = args.test_set.resolve()
-    result = pairs(test_set, args.pairs) if args.pairs > 1 else one_process(test_set, args.claims)
+    order = args.order.split(",") if args.order else None
+    result = pairs(test_set, args.pairs) if args.pairs > 1 else one_process(test_set, args.claims, order)
     print(json.dumps(result))
     return 0
 

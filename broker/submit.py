@@ -79,7 +79,7 @@ def enqueue(conn: redis.Redis, sid: str, plan: SubmissionPlan, specs: Sequence[E
     # every spec is kept: the gate releases tests from them, the reaper re-runs lost episodes from them
     conn.hset(store.specs_key(sid), mapping={str(s.index): json.dumps(s.as_dict()) for s in specs})
     if plan.completion_gate is None:
-        first = sorted(specs, key=lambda s: -_size(s.env_path))
+        first = [specs[i] for i in play_order([s.env_path for s in specs])]
     else:
         tests = tests_in_order(specs)
         fields.update(tests=tests, released=1)
@@ -100,6 +100,13 @@ def release(conn: redis.Redis, sid: str, indices: Sequence[int], job_timeout_s: 
 def drop_queue(conn: redis.Redis, sid: str) -> int:
     """Remove the submission's queued (not yet started) episode jobs; return how many."""
     return store.submission_queue(conn, sid).empty()
+
+
+def play_order(env_paths: Sequence[str]) -> list[int]:
+    """The order a submission's episodes are enqueued in without a gate, as indexes into
+    `env_paths`: biggest env files first (a stable sort: the plan's order among equals), so that
+    the longest episodes do not end up alone at the tail of the run."""
+    return sorted(range(len(env_paths)), key=lambda i: -_size(env_paths[i]))
 
 
 def _size(path: str) -> int:
