@@ -12,11 +12,11 @@ nothing can beat ``startup_s + agent_s``: the agent's work is serial and the slo
 `--pairs N` (`floor-N`): N such processes at once, each pinned to a core of its own (the share
 `flateval run` gives each agent), taking the episodes as each becomes free, in the order
 `flateval run` enqueues them (`broker.submit.play_order`: biggest env files first), measured from
-their start to the last one's end. This is
-what N pairs on N cores could do at best with an evaluator that costs nothing. It is measured, not
-computed: ``startup_s + (agent_s + worker_s) / N`` would assume the episodes split evenly (8 of them
-do not) and that N busy cores run each as fast as one (they share caches and memory: 5-10 % slower
-each here), and it reads 10-15 % below what two processes really manage. Prints one JSON line.
+their start to the last one's end: what N pairs on N cores could do at best with an evaluator that
+costs nothing. It is measured, not computed: ``startup_s + (agent_s + worker_s) / N`` would assume
+the episodes split evenly (8 of them do not) and that N busy cores run each process as fast as one
+(they share caches and memory: 5-10 % slower each here); it read up to 15 % below what two
+processes really manage. Prints one JSON line.
 
     python benchmarks/starter_kit_floor.py TEST_SET [--pairs N]
 """
