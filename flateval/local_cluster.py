@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent_bridge.server import SPIN_ENV
-from broker.embedded_redis import RedisServer, RedisStartError, start_redis
+from broker.embedded_redis import RedisServer, RedisStartError, socket_url, start_redis
 from broker.plan import SubmissionPlan
 from core.cpu_share import CpuShare, fair_share
 from core.process_identity import live_group_members
@@ -90,13 +90,17 @@ class LocalCluster:
                 and not self.hurry.is_set():
             time.sleep(POLL_S)  # an agent's exit, in another process's care, is no event we can wait on
 
-    def start_redis(self) -> str:
-        """Start the embedded Redis in the run's folder; its address (`redis_url` knew it before)."""
+    def start_redis(self) -> None:
+        """Start the embedded Redis in the run's folder, on the socket `embedded_redis_url` names."""
         try:
             self.redis_server = start_redis(directory=str(self.run_dir / REDIS_DIR), appendonly=True)
         except RedisStartError as exc:
             raise RunError(f"cannot start the embedded Redis: {exc}") from None
-        return self.redis_server.url
+
+    @property
+    def embedded_redis_url(self) -> str:
+        """Where the embedded Redis will listen: known before it starts, so the pairs may come first."""
+        return socket_url(self.run_dir / REDIS_DIR)
 
     def stop(self) -> None:
         if self.metrics_server is not None:

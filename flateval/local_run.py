@@ -17,12 +17,11 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from broker.embedded_redis import socket_url
 from broker.keys import new_submission_id, queue_name
 from broker.plan import SubmissionPlan
 from core.settings import RunSettings
 from flateval.local_cluster import LocalCluster, RunError, check_hideable, sandbox_args, start_pairs
-from flateval.run_folders import REDIS_DIR, make_run_dir, reap_dead_runs
+from flateval.run_folders import make_run_dir, reap_dead_runs
 
 if TYPE_CHECKING:
     from broker.store import Submission
@@ -46,7 +45,7 @@ def run_local(settings: RunSettings, plan: SubmissionPlan,
     cluster = LocalCluster(make_run_dir(), hurry=hurry or threading.Event(), agent_image=settings.agent_image)
     try:
         sid = new_submission_id()
-        redis_url = settings.redis_url or socket_url(cluster.run_dir / REDIS_DIR)
+        redis_url = settings.redis_url or cluster.embedded_redis_url
         cluster.agent_args, cluster.share = sandbox_args(settings, plan, cluster.run_dir)
         start_pairs(cluster, settings, redis_url, queue_name(sid))  # they wait for Redis: it starts in a moment
         if not settings.redis_url:
