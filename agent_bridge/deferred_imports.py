@@ -41,8 +41,8 @@ class _DeferringFinder(importlib.abc.MetaPathFinder):
         return None
 
 
-def defer_imports(names: Iterable[str] = DEFERRED) -> None:
-    """From now on in this process, load `names` at their first use. Modules already loaded stay as
-    they are; a second call adds nothing."""
+def defer_imports() -> None:
+    """From now on in this process, load the `DEFERRED` modules at their first use. Modules already
+    loaded stay as they are; a second call adds nothing."""
     if not any(isinstance(finder, _DeferringFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _DeferringFinder(names))
+        sys.meta_path.insert(0, _DeferringFinder(DEFERRED))

@@ -145,8 +145,8 @@ def connect(url: str, wait_s: float = 0.0) -> redis.Redis:
             probe.ping()
             return redis_connection(url)
         except (redis.RedisError, OSError) as exc:
-            not_up = isinstance(exc, (redis.ConnectionError, OSError)) and not isinstance(exc, redis.AuthenticationError)
-            if not not_up or time.monotonic() >= deadline:
+            starting = isinstance(exc, (redis.ConnectionError, OSError)) and not isinstance(exc, redis.AuthenticationError)
+            if not starting or time.monotonic() >= deadline:
                 raise RedisUnreachable(f"cannot reach Redis at {redact(url)}: {exc}") from None
         finally:
             probe.close()

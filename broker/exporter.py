@@ -19,7 +19,7 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from broker import store
-from core.settings import DEFAULT_METRICS_HOST, MULTIPROC_ENV  # noqa: F401  (its users find it here)
+from core.settings import DEFAULT_METRICS_HOST
 from scoring.aggregate import primary_score
 
 RECENT_S = 3600.0

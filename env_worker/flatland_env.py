@@ -116,7 +116,11 @@ def _flatland_caches() -> list:
 
 
 def warm_up() -> None:
-    """Import flatland's modules now, so a worker's first episode does not pay for them."""
+    """Import flatland's modules now, so a worker's first episode does not pay for them; all but
+    the matplotlib.pyplot flatland imports and no episode uses (`agent_bridge.deferred_imports`)."""
+    from agent_bridge.deferred_imports import defer_imports
+
+    defer_imports()
     import flatland.core.env_observation_builder  # noqa: F401
     import flatland.envs.observations  # noqa: F401
     import flatland.envs.persistence  # noqa: F401

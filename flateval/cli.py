@@ -432,9 +432,6 @@ def worker(redis_url: str | None, queues: tuple[str, ...], agent_endpoint: str |
                                     pidfile=agent_pidfile, timeout_s=startup_timeout)
             except AgentStartError as exc:
                 raise CliError(str(exc)) from None
-        from agent_bridge.deferred_imports import defer_imports
-
-        defer_imports()  # flatland's matplotlib.pyplot, which no episode uses: 0.2-0.3 s of the worker's start
         with stop_signals_blocked():  # numpy's BLAS threads, started as it loads, leave them to ours
             from env_worker.worker import WorkerStartError, run_worker
 
@@ -461,10 +458,10 @@ def _serve_episode_metrics(host: str, port: int) -> None:
     `rq worker`'s forked horses and this process then write to the same directory."""
     import tempfile
 
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = os.environ.get(cfg.MULTIPROC_ENV)
     if not directory:
         directory = tempfile.mkdtemp(prefix="flateval-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        os.environ[cfg.MULTIPROC_ENV] = directory
     from broker.exporter import metrics_registry, serve_metrics
 
     try:

@@ -18,6 +18,7 @@ import pytest
 from broker.connection import RedisUnreachable
 from env_worker.agent_process import AgentStartError, wait_for_handshake
 from tests.conftest import free_port
+from tests.test_run import flateval
 
 LATE_BINDER = """
 import sys, time
@@ -72,11 +73,6 @@ def test_the_handshake_gives_up_as_soon_as_the_agent_exits(tmp_path):
         process.wait()
 
 
-def _flateval(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flateval", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
 def test_a_worker_that_cannot_reach_redis_stops_the_agent_it_launched(tmp_path):
     """The agent starts first (its start-up overlaps the worker's); a worker that then cannot go on
     says why in one line and leaves nothing running."""
@@ -84,8 +80,8 @@ def test_a_worker_that_cannot_reach_redis_stops_the_agent_it_launched(tmp_path):
     script = tmp_path / "agent.py"
     script.write_text(f"import time  # {marker}\ntime.sleep(60)\n")
     missing = tmp_path / "no-redis.sock"
-    done = _flateval("worker", "--redis", f"unix://{missing}", "--queue", "q", "--no-sandbox",
-                     "--agent-command", f"{sys.executable} {script}")
+    done = flateval("worker", "--redis", f"unix://{missing}", "--queue", "q", "--no-sandbox",
+                    "--agent-command", f"{sys.executable} {script}")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach Redis" in lines[0], done.stderr
@@ -94,8 +90,8 @@ def test_a_worker_that_cannot_reach_redis_stops_the_agent_it_launched(tmp_path):
 
 
 def test_a_slot_template_is_for_agents_someone_else_runs():
-    done = _flateval("worker", "--redis", "unix:///nonexistent.sock", "--queue", "q", "--agent-endpoint",
-                     "tcp://agent-{slot}:8086", "--agent-command", "true")
+    done = flateval("worker", "--redis", "unix:///nonexistent.sock", "--queue", "q", "--agent-endpoint",
+                    "tcp://agent-{slot}:8086", "--agent-command", "true")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "flateval: an --agent-endpoint with {slot} names agents someone else runs: leave it out with "
@@ -204,9 +200,9 @@ def test_flatlands_pyplot_loads_at_its_first_use_not_at_the_agents_start(tmp_pat
     script.write_text(PYPLOT_CHECK)
     if bridge == "flatland_remote":  # a participant's FlatlandRemoteClient script, as the bridge runs it
         command = [sys.executable, "-m", "agent_bridge.flatland_remote", str(script), str(tmp_path / "plot.png")]
-    else:  # what a worker does before it loads flatland
-        command = [sys.executable, "-c", "import runpy, sys; from agent_bridge.deferred_imports import defer_imports; "
-                   "defer_imports(); import flatland.envs.rail_env; sys.argv = sys.argv[1:]; "
+    else:  # a worker, once its warm-up loaded flatland
+        command = [sys.executable, "-c", "import runpy, sys; from env_worker.flatland_env import warm_up; warm_up(); "
+                   "import flatland.envs.rail_env; sys.argv = sys.argv[1:]; "
                    "runpy.run_path(sys.argv[0], run_name='__main__')", str(script), str(tmp_path / "plot.png")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -217,9 +213,9 @@ def test_flatlands_pyplot_loads_at_its_first_use_not_at_the_agents_start(tmp_pat
 def test_a_worker_loads_flatland_without_pyplot(redis_url, tmp_path):
     """A real worker, from its start to the end of a burst over an empty queue: it loads flatland's
     rail env (its warm-up) and never runs pyplot (whose figure module pyplot would import)."""
-    done = _flateval("worker", "--redis", redis_url, "--queue", f"empty-{os.getpid()}", "--burst", "--no-sandbox",
-                     "--agent-command", f"{sys.executable} -m agent_bridge.examples.do_nothing",
-                     "--agent-log", str(tmp_path / "agent.log"), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    done = flateval("worker", "--redis", redis_url, "--queue", f"empty-{os.getpid()}", "--burst", "--no-sandbox",
+                    "--agent-command", f"{sys.executable} -m agent_bridge.examples.do_nothing",
+                    "--agent-log", str(tmp_path / "agent.log"), env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "flatland.envs.rail_env" in imported
@@ -228,12 +224,9 @@ def test_a_worker_loads_flatland_without_pyplot(redis_url, tmp_path):
 
 WORKER_EPISODE = """
 import sys, types
-from agent_bridge.deferred_imports import defer_imports
-
-defer_imports()  # as `flateval worker` does first
 from env_worker.flatland_env import FlatlandEnv, warm_up
 
-warm_up()
+warm_up()  # as a worker does first
 env = FlatlandEnv(sys.argv[1], seed=1001)
 env.serve_replica()
 env.reset()
